@@ -1,0 +1,64 @@
+"""Diffusion head: denoises action chunks with a FiLM-conditioned 1-D U-Net.
+
+Training uses diffusers' ``DDPMScheduler`` (``num_train_timesteps`` noise levels, default 100); inference uses
+``DDIMScheduler`` built from the same noise schedule with few steps (default 10), as in Diffusion Policy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import nn
+
+from s2_policy.policies.unet1d import ConditionalUnet1D
+
+
+class DiffusionHead(nn.Module):
+    """Conditional denoiser over normalised action chunks ``(B, horizon, A)`` in [-1, 1]."""
+
+    def __init__(self, cond_dim: int, action_dim: int, horizon: int,
+                 down_dims: tuple[int, ...] = (64, 128, 256),
+                 kernel_size: int = 5, n_groups: int = 8, step_embed_dim: int = 128,
+                 num_train_timesteps: int = 100, num_inference_steps: int = 10,
+                 beta_schedule: str = "squaredcos_cap_v2", prediction_type: str = "epsilon",
+                 clip_sample: bool = True) -> None:
+        super().__init__()
+        if prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type {prediction_type!r} is unsupported; use 'epsilon' or 'sample'")
+        if not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in [1, num_train_timesteps="
+                             f"{num_train_timesteps}], "
+                             f"got {num_inference_steps}")
+        self.action_dim, self.horizon = action_dim, horizon
+        self.num_inference_steps = num_inference_steps
+        self.model = ConditionalUnet1D(action_dim, cond_dim, tuple(down_dims), kernel_size, n_groups,
+                                       step_embed_dim)
+        sched = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                     prediction_type=prediction_type, clip_sample=clip_sample)
+        self.train_scheduler = DDPMScheduler(**sched)
+        self.infer_scheduler = DDIMScheduler(**sched, set_alpha_to_one=True, steps_offset=0)
+        if horizon % (2 ** self.model.n_down):
+            raise ValueError(f"horizon {horizon} must be divisible by {2 ** self.model.n_down} for "
+                             f"down_dims={tuple(down_dims)}; change horizon or use fewer down_dims")
+
+    def compute_loss(self, cond: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Denoising loss: MSE between predicted and true noise (or clean sample) at a random timestep."""
+        noise = torch.randn_like(action)
+        t = torch.randint(0, self.train_scheduler.config.num_train_timesteps, (action.shape[0],),
+                          device=action.device)
+        noisy = self.train_scheduler.add_noise(action, noise, t)
+        pred = self.model(noisy, t, cond)
+        target = noise if self.train_scheduler.config.prediction_type == "epsilon" else action
+        return F.mse_loss(pred, target)
+
+    @torch.no_grad()
+    def predict(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample an action chunk by DDIM denoising from Gaussian noise (seeded by ``generator``)."""
+        shape = (cond.shape[0], self.horizon, self.action_dim)
+        x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        sched = self.infer_scheduler
+        sched.set_timesteps(self.num_inference_steps, device=cond.device)
+        for t in sched.timesteps:
+            x = sched.step(self.model(x, t, cond), t, x, eta=0.0).prev_sample
+        return x

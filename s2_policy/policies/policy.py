@@ -1,0 +1,304 @@
+"""``Policy``: frozen S2 encoder (optional) + proprio state + normaliser + action head.
+
+The trainable part (``policy.core``: per-camera LayerNorm, a linear projection of the observation features,
+and the head) is what the trainer optimises; the encoder is frozen and, when training on cached features,
+absent. A saved checkpoint is self-contained (config, dimensions, normaliser statistics, trainable weights,
+encoder identity) and :meth:`Policy.load` rebuilds and verifies the encoder from that identity.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from s2_policy.policies.diffusion_head import DiffusionHead
+from s2_policy.policies.mlp_head import MLPHead
+from s2_policy.policies.normalizer import LinearNormalizer
+
+CHECKPOINT_FORMAT = "s2_policy.policy/1"
+
+DEFAULT_POLICY_CONFIG: dict[str, Any] = {
+    "name": "mlp", "head": "mlp", "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
+    "normalizer_mode": "limits", "obs_proj_dim": 256,
+    "mlp": {"hidden_dim": 512, "n_layers": 3, "dropout": 0.0, "loss": "l2"},
+    "diffusion": {"down_dims": [64, 128, 256], "kernel_size": 5, "n_groups": 8, "step_embed_dim": 128,
+                  "num_train_timesteps": 100, "num_inference_steps": 10,
+                  "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon", "clip_sample": True},
+}
+
+
+def _merge(base: Mapping, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _to_plain(x: Any) -> Any:
+    """OmegaConf containers / tuples -> plain dicts and lists (for torch.save and JSON)."""
+    if isinstance(x, Mapping):
+        return {str(k): _to_plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple) or type(x).__name__ == "ListConfig":
+        return [_to_plain(v) for v in x]
+    return x
+
+
+class PolicyCore(nn.Module):
+    """Trainable part: observation features + normalised state -> condition -> head.
+
+    ``forward(feats, state, action)`` returns the training loss so that DDP can wrap this module directly.
+    """
+
+    def __init__(self, cfg: Mapping, feature_dim: int, n_cameras: int, state_dim: int,
+                 action_dim: int) -> None:
+        super().__init__()
+        self.n_obs_steps = int(cfg["n_obs_steps"])
+        self.obs_norm = nn.LayerNorm(feature_dim)
+        proj = int(cfg.get("obs_proj_dim") or 0)
+        self.obs_proj = nn.Linear(n_cameras * feature_dim, proj) if proj > 0 else nn.Identity()
+        step_dim = (proj if proj > 0 else n_cameras * feature_dim) + state_dim
+        cond_dim = self.n_obs_steps * step_dim
+        horizon = int(cfg["horizon"])
+        if cfg["head"] == "mlp":
+            self.head: nn.Module = MLPHead(cond_dim, action_dim, horizon, **dict(cfg["mlp"]))
+        elif cfg["head"] == "diffusion":
+            d = dict(cfg["diffusion"])
+            d["down_dims"] = tuple(d["down_dims"])
+            self.head = DiffusionHead(cond_dim, action_dim, horizon, **d)
+        else:
+            raise ValueError(f"policy head {cfg['head']!r} is unknown; use 'mlp' or 'diffusion'")
+
+    def condition(self, feats: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``feats (B, To, K, F)``, normalised ``state (B, To, D)`` -> flat condition ``(B, cond_dim)``."""
+        b, to = feats.shape[:2]
+        x = self.obs_proj(self.obs_norm(feats).flatten(2))
+        return torch.cat([x, state], dim=-1).reshape(b, -1)
+
+    def forward(self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.head.compute_loss(self.condition(feats, state), action)
+
+
+class Policy(nn.Module):
+    """Behaviour-cloning policy over camera features and proprio state.
+
+    Args:
+        config: policy config (``configs/policy/*.yaml``): ``head``, ``horizon``, ``n_obs_steps``,
+            ``n_action_steps``, ``normalizer_mode``, ``obs_proj_dim`` and the ``mlp`` / ``diffusion`` block.
+        feature_dim: per-camera encoder feature size ``F``.
+        cameras: camera names, in the order the features are stacked.
+        state_dim, action_dim: proprio and action sizes.
+        normalizer: fitted :class:`LinearNormalizer` with ``state`` and ``action`` keys.
+        encoder: frozen ``S2Encoder`` for image observations, or ``None`` (features only).
+        encoder_identity: ``encoder.identity()`` of the encoder whose features the head was trained on.
+        meta: free JSON-able metadata saved with the checkpoint (task config, training info).
+    """
+
+    def __init__(self, config: Mapping, feature_dim: int, cameras: list[str], state_dim: int, action_dim: int,
+                 normalizer: LinearNormalizer, encoder: nn.Module | None = None,
+                 encoder_identity: Mapping | None = None, meta: Mapping | None = None) -> None:
+        super().__init__()
+        self.config = _merge(DEFAULT_POLICY_CONFIG, _to_plain(config))
+        c = self.config
+        if not 1 <= c["n_action_steps"] <= c["horizon"] - c["n_obs_steps"] + 1:
+            raise ValueError(f"need 1 <= n_action_steps <= horizon - n_obs_steps + 1, got n_action_steps="
+                             f"{c['n_action_steps']}, horizon={c['horizon']}, n_obs_steps={c['n_obs_steps']}")
+        for key in ("state", "action"):
+            if key not in normalizer:
+                raise ValueError(f"the normaliser must be fitted on {key!r} (has {normalizer.keys()})")
+        if not cameras:
+            raise ValueError("a policy needs at least one camera")
+        self.cameras = list(cameras)
+        self.feature_dim, self.state_dim, self.action_dim = int(feature_dim), int(state_dim), int(action_dim)
+        self.normalizer = normalizer
+        self.encoder_identity = _to_plain(encoder_identity) if encoder_identity is not None else None
+        self.meta = _to_plain(meta or {})
+        self.core = PolicyCore(c, self.feature_dim, len(self.cameras), self.state_dim, self.action_dim)
+        self.encoder: nn.Module | None = None
+        if encoder is not None:
+            self.attach_encoder(encoder)
+
+    # -- properties ---------------------------------------------------------------------------------------
+    @property
+    def n_obs_steps(self) -> int:
+        return int(self.config["n_obs_steps"])
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.config["n_action_steps"])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.config["horizon"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.core.parameters()).device
+
+    def trainable_parameters(self) -> int:
+        """Number of trainable parameters (the head side; the encoder is frozen)."""
+        return sum(p.numel() for p in self.core.parameters() if p.requires_grad)
+
+    def attach_encoder(self, encoder: nn.Module) -> None:
+        """Use ``encoder`` for image observations; its fingerprint must match the stored identity."""
+        from s2_policy.encoders import fingerprint
+
+        if self.encoder_identity is not None:
+            want, got = self.encoder_identity.get("fingerprint"), fingerprint(encoder)
+            if want is not None and want != got:
+                raise ValueError(f"encoder fingerprint {got} does not match the one this policy was trained "
+                                 f"on ({want}); rebuild the encoder from policy.encoder_identity")
+        else:
+            self.encoder_identity = _to_plain(encoder.identity())
+        if getattr(encoder, "out_dim", self.feature_dim) != self.feature_dim:
+            raise ValueError(f"encoder out_dim {encoder.out_dim} != policy feature_dim {self.feature_dim}")
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder = encoder.eval().to(self.device)
+
+    # -- inference ----------------------------------------------------------------------------------------
+    def _tensor(self, x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        return t.to(self.device, dtype=dtype) if dtype is not None else t.to(self.device)
+
+    def _check_obs(self, obs: Mapping) -> None:
+        missing = [k for k in (*self.cameras, "state") if k not in obs]
+        if missing:
+            raise KeyError(f"observation is missing keys {missing}; the policy expects "
+                           f"{[*self.cameras, 'state']}")
+
+    @torch.no_grad()
+    def encode_obs(self, obs: Mapping) -> torch.Tensor:
+        """Camera observations -> features ``(B, To, K, F)``.
+
+        ``obs[cam]`` is uint8 ``(B, To, H, W, 3)`` (encoded with the attached encoder, every camera and
+        timestep in one call) or already-computed features ``(B, To, F)``.
+        """
+        self._check_obs(obs)
+        first = obs[self.cameras[0]]
+        if np.ndim(first) == 3:
+            feats = torch.stack([self._tensor(obs[c], torch.float32) for c in self.cameras], dim=2)
+        else:
+            if self.encoder is None:
+                raise ValueError("image observations need an encoder: load the policy with load_encoder=True "
+                                 "or call attach_encoder(), or pass cached features (B, To, F)")
+            imgs = [self._tensor(obs[c]) for c in self.cameras]
+            b, to = imgs[0].shape[:2]
+            flat = [im.reshape(b * to, *im.shape[2:]) for im in imgs]
+            feats = self.encoder.encode_cameras(flat).float().reshape(b, to, len(self.cameras), -1)
+        if feats.shape[-1] != self.feature_dim:
+            raise ValueError(f"observation features have size {feats.shape[-1]}, the policy expects "
+                             f"{self.feature_dim}")
+        return feats[:, -self.n_obs_steps:]
+
+    @torch.no_grad()
+    def predict_from_features(self, feats: torch.Tensor, state: Any,
+                              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Features ``(B, To, K, F)`` + raw state ``(B, To, D)`` -> env actions ``(B, n_action_steps, A)``."""
+        state = self._tensor(state, torch.float32)[:, -self.n_obs_steps:]
+        if feats.shape[1] != self.n_obs_steps or state.shape[1] != self.n_obs_steps:
+            raise ValueError(f"need n_obs_steps={self.n_obs_steps} observation steps, got features "
+                             f"{tuple(feats.shape)} and state {tuple(state.shape)}")
+        cond = self.core.condition(feats.to(self.device), self.normalizer.normalize("state", state))
+        chunk = self.core.head.predict(cond, generator=generator)
+        start = self.n_obs_steps - 1
+        actions = self.normalizer.unnormalize("action", chunk[:, start:start + self.n_action_steps])
+        return actions.float()
+
+    @torch.no_grad()
+    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Observation history -> action chunk ``(B, n_action_steps, A)`` float32 in env units."""
+        return self.predict_from_features(self.encode_obs(obs), obs["state"], generator=generator)
+
+    # -- training -----------------------------------------------------------------------------------------
+    def prepare_batch(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dataset batch (features per camera ``(B, To, F)``, raw state/action) -> normalised core inputs."""
+        obs = batch["obs"]
+        feats = torch.stack([self._tensor(obs[c], torch.float32) for c in self.cameras], dim=2)
+        state = self.normalizer.normalize("state", self._tensor(obs["state"], torch.float32))
+        action = self.normalizer.normalize("action", self._tensor(batch["action"], torch.float32))
+        return feats[:, :self.n_obs_steps], state[:, :self.n_obs_steps], action
+
+    def compute_loss(self, batch: Mapping) -> torch.Tensor:
+        """Training loss on one dataset batch."""
+        return self.core(*self.prepare_batch(batch))
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def checkpoint_dict(self) -> dict:
+        """Self-contained, ``torch.save``-able description of this policy (no encoder weights)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "config": self.config,
+            "dims": {"feature_dim": self.feature_dim, "cameras": self.cameras, "state_dim": self.state_dim,
+                     "action_dim": self.action_dim},
+            "normalizer": self.normalizer.state_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.core.state_dict().items()},
+            "encoder_identity": self.encoder_identity, "meta": self.meta,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint atomically (temp file in the same folder, then ``os.replace``)."""
+        return atomic_torch_save(self.checkpoint_dict(), path)
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: Mapping, device: str | torch.device = "cpu",
+                             load_encoder: bool = True) -> Policy:
+        """Rebuild a policy from :meth:`checkpoint_dict` output."""
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not an s2_policy policy checkpoint (format {ckpt.get('format')!r}, "
+                             f"expected {CHECKPOINT_FORMAT!r})")
+        norm = LinearNormalizer()
+        norm.load_state_dict(ckpt["normalizer"])
+        d = ckpt["dims"]
+        policy = cls(ckpt["config"], d["feature_dim"], d["cameras"], d["state_dim"], d["action_dim"], norm,
+                     encoder_identity=ckpt.get("encoder_identity"), meta=ckpt.get("meta"))
+        policy.core.load_state_dict(ckpt["state_dict"])
+        policy.to(device).eval()
+        if load_encoder:
+            if policy.encoder_identity is None:
+                raise ValueError("this checkpoint stores no encoder identity; load with load_encoder=False "
+                                 "and feed features")
+            policy.attach_encoder(build_encoder_from_identity(policy.encoder_identity))
+        return policy
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+             load_encoder: bool = True) -> Policy:
+        """Load a checkpoint written by :meth:`save`; rebuilds and verifies the encoder unless told not to."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"policy checkpoint {path} does not exist")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return cls.from_checkpoint_dict(ckpt, device=device, load_encoder=load_encoder)
+
+
+def build_encoder_from_identity(identity: Mapping) -> nn.Module:
+    """Rebuild the frozen encoder described by ``encoder.identity()`` (fingerprint checked by the caller)."""
+    from s2_policy.encoders import EncoderConfig, build_encoder
+
+    if "config" not in identity:
+        raise ValueError(f"encoder identity has no 'config' entry (keys: {sorted(identity)})")
+    return build_encoder(EncoderConfig(**identity["config"]))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
