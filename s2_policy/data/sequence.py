@@ -1,0 +1,234 @@
+"""Sequence windows over a replay store: the torch Dataset that policies train on.
+
+A window starts at frame ``t0`` of an episode (``-pad_before <= t0 <= L - horizon + pad_after``) and covers
+``horizon`` frames; frames outside the episode repeat its first/last frame (edge padding), so windows
+never cross episodes. ``pad_before = n_obs_steps - 1`` and ``pad_after = n_action_steps - 1``, as in
+diffusion_policy. Observations are read for the first ``n_obs_steps`` frames only (images are the cost:
+only those frames are decoded); actions for all ``horizon`` frames.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from s2_policy.data.store import ReplayStore
+
+if TYPE_CHECKING:
+    from s2_policy.data.feature_cache import FeatureCache
+
+__all__ = ["SequenceDataset", "split_episodes", "window_index"]
+
+
+def split_episodes(n_episodes: int, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split episode indices into (train, val) by whole episodes, reproducibly from ``seed``.
+
+    At least one validation episode when ``val_ratio > 0`` and at least one training episode remain.
+    """
+    if not 0.0 <= val_ratio < 1.0:
+        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    all_eps = np.arange(n_episodes)
+    if val_ratio == 0 or n_episodes < 2:
+        return all_eps, np.zeros(0, dtype=np.int64)
+    n_val = min(max(1, round(n_episodes * val_ratio)), n_episodes - 1)
+    val = np.sort(np.random.default_rng(seed).choice(n_episodes, size=n_val, replace=False))
+    return np.setdiff1d(all_eps, val), val
+
+
+def window_index(
+    lengths: np.ndarray, horizon: int, pad_before: int, pad_after: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of the given episodes, vectorised: returns (episode position, start offset ``t0``).
+
+    ``t0`` runs from ``-pad_before`` to ``L - horizon + pad_after`` in each episode of length ``L``;
+    an episode too short for one window contributes none.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    counts = np.maximum(lengths - horizon + pad_before + pad_after + 1, 0)
+    ep = np.repeat(np.arange(len(lengths)), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    t0 = np.arange(int(counts.sum()), dtype=np.int64) - first - pad_before
+    return ep, t0
+
+
+class SequenceDataset(Dataset):
+    """Windows of ``obs`` (cameras, state; ``n_obs_steps`` frames) and ``action`` (``horizon`` frames).
+
+    ``ds[i] = {"obs": {cam: uint8 (To, H, W, 3) | float32 (To, F) with features, "state": float32 (To, D)},
+    "action": float32 (horizon, A)}`` as torch tensors. ``split`` selects whole episodes: a seeded random
+    ``val_ratio`` split, or the store's own ``split`` attribute (robomimic masks) when
+    ``use_store_split`` and present. ``max_train_episodes`` caps the training episodes (seeded subset).
+    """
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike,
+        cameras: list[str] | tuple[str, ...] = ("front", "wrist"),
+        state_key: str | None = "state",
+        action_key: str = "action",
+        horizon: int = 16,
+        n_obs_steps: int = 2,
+        n_action_steps: int = 8,
+        split: str = "train",
+        val_ratio: float = 0.1,
+        seed: int = 0,
+        max_train_episodes: int | None = None,
+        features: FeatureCache | None = None,
+        use_store_split: bool = True,
+    ) -> None:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if n_obs_steps < 1 or n_action_steps < 1:
+            raise ValueError(
+                f"n_obs_steps and n_action_steps must be >= 1, got {n_obs_steps}, {n_action_steps}"
+            )
+        if horizon < max(n_obs_steps, n_action_steps):
+            raise ValueError(
+                f"horizon ({horizon}) must be >= n_obs_steps ({n_obs_steps}) and "
+                f">= n_action_steps ({n_action_steps})"
+            )
+        if max_train_episodes is not None and max_train_episodes < 1:
+            raise ValueError(f"max_train_episodes must be >= 1 or None, got {max_train_episodes}")
+        self.store_path = Path(store_path)
+        self.cameras = list(cameras)
+        self.state_key = state_key
+        self.action_key = action_key
+        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
+        self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
+        self.split, self.val_ratio, self.seed = split, val_ratio, seed
+        self.max_train_episodes = max_train_episodes
+        self.use_store_split = use_store_split
+        self.features = features
+
+        store = ReplayStore.open(self.store_path, mode="r")
+        self._store: ReplayStore | None = store
+        self._pid = os.getpid()
+        needed = self.cameras + [action_key] + ([state_key] if state_key else [])
+        missing = [k for k in needed if k not in store]
+        if missing:
+            raise ValueError(
+                f"{self.store_path} has no data/{missing[0]} (keys: {store.keys()}); "
+                "check cameras/state_key/action_key"
+            )
+        if features is not None:
+            features.check_matches(store, self.cameras)
+
+        self.train_episodes, self.val_episodes = self._split(store)
+        self.episodes = self.train_episodes if split == "train" else self.val_episodes
+        n = store.n_frames
+        # Low-dim data is small: keep the committed frames in memory (shared by forked workers).
+        self._action = np.asarray(store[action_key][:n], dtype=np.float32)
+        self._state = np.asarray(store[state_key][:n], dtype=np.float32) if state_key else None
+        starts, lengths = store.episode_starts[self.episodes], store.episode_lengths[self.episodes]
+        ep, t0 = window_index(lengths, horizon, self.pad_before, self.pad_after)
+        self._win_start, self._win_len, self._win_t0 = starts[ep], lengths[ep], t0
+
+    def _split(self, store: ReplayStore) -> tuple[np.ndarray, np.ndarray]:
+        n = store.n_episodes
+        stored = store.attrs.get("split") if self.use_store_split else None
+        if stored and "train" in stored:
+            train = np.asarray(sorted(stored["train"]), dtype=np.int64)
+            val = np.asarray(sorted(stored.get("valid", stored.get("val", []))), dtype=np.int64)
+            if (len(train) and train.max() >= n) or (len(val) and val.max() >= n):
+                raise ValueError(
+                    f"{self.store_path}: attribute 'split' names episodes beyond the {n} stored; "
+                    "fix it or pass use_store_split=False"
+                )
+        else:
+            train, val = split_episodes(n, self.val_ratio, self.seed)
+        if self.max_train_episodes is not None and len(train) > self.max_train_episodes:
+            rng = np.random.default_rng(self.seed + 1)
+            train = np.sort(rng.choice(train, size=self.max_train_episodes, replace=False))
+        return train, val
+
+    # ------------------------------------------------------------------ access
+    @property
+    def store(self) -> ReplayStore:
+        """The read-only store, reopened after a fork/spawn into a DataLoader worker."""
+        if self._store is None or self._pid != os.getpid():
+            self._store = ReplayStore.open(self.store_path, mode="r", validate=False)
+            self._pid = os.getpid()
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_store"] = None  # zarr handles are reopened in the worker process
+        return state
+
+    def __len__(self) -> int:
+        return len(self._win_t0)
+
+    def frame_indices(self, i: int) -> np.ndarray:
+        """Store frame index of each of the ``horizon`` steps of window ``i`` (edge-padded)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"window {i} out of range for {len(self)} windows")
+        s, L, t0 = int(self._win_start[i]), int(self._win_len[i]), int(self._win_t0[i])
+        return s + np.clip(np.arange(t0, t0 + self.horizon), 0, L - 1)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        t = self.frame_indices(i)
+        obs_t = t[: self.n_obs_steps]
+        obs: dict[str, torch.Tensor] = {}
+        for cam in self.cameras:
+            if self.features is not None:
+                obs[cam] = torch.from_numpy(self.features.get(cam)[obs_t])
+            else:
+                lo, hi = int(obs_t[0]), int(obs_t[-1])
+                frames = self.store[cam][lo : hi + 1]  # only the frames this window observes
+                obs[cam] = torch.from_numpy(np.ascontiguousarray(frames[obs_t - lo]))
+        if self._state is not None:
+            obs["state"] = torch.from_numpy(self._state[obs_t])
+        return {"obs": obs, "action": torch.from_numpy(self._action[t])}
+
+    def low_dim_arrays(self) -> dict[str, np.ndarray]:
+        """Every frame of the TRAINING episodes as ``{"state": (N, D), "action": (N, A)}`` (normaliser)."""
+        starts = self.store.episode_starts[self.train_episodes]
+        lengths = self.store.episode_lengths[self.train_episodes]
+        idx = np.concatenate(
+            [np.arange(0, dtype=np.int64)]
+            + [np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)]
+        )
+        out = {"action": self._action[idx]}
+        if self._state is not None:
+            out["state"] = self._state[idx]
+        return out
+
+    def get_validation_dataset(self) -> SequenceDataset:
+        """The same windows over the validation episodes (same split seed, store and features)."""
+        return SequenceDataset(
+            self.store_path,
+            cameras=self.cameras,
+            state_key=self.state_key,
+            action_key=self.action_key,
+            horizon=self.horizon,
+            n_obs_steps=self.n_obs_steps,
+            n_action_steps=self.n_action_steps,
+            split="val",
+            val_ratio=self.val_ratio,
+            seed=self.seed,
+            max_train_episodes=self.max_train_episodes,
+            features=self.features,
+            use_store_split=self.use_store_split,
+        )
+
+    @property
+    def action_dim(self) -> int:
+        """Width of the action vectors."""
+        return int(self._action.shape[1])
+
+    @property
+    def state_dim(self) -> int:
+        """Width of the state vectors (0 without a state key)."""
+        return 0 if self._state is None else int(self._state.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"SequenceDataset({str(self.store_path)!r}, split={self.split!r}, episodes={len(self.episodes)}, "
+            f"windows={len(self)}, horizon={self.horizon}, To={self.n_obs_steps}, Ta={self.n_action_steps}, "
+            f"features={'yes' if self.features is not None else 'no'})"
+        )

@@ -1,0 +1,392 @@
+"""Replay store: demonstrations in the diffusion_policy zarr layout, on zarr 3.
+
+Layout (the same as diffusion_policy's ``ReplayBuffer``, so its stores open here and ours open there)::
+
+    root/                  attrs: writer, env_id, cameras, control_hz, action_space, ...
+      data/<key>           every episode concatenated on axis 0 (images uint8 (T, H, W, C))
+      meta/episode_ends    int64, exclusive end of each episode
+
+Appending is crash-safe: an episode's frames are written first and ``meta/episode_ends`` last, so an
+episode becomes visible only once all of its data is on disk. Frames beyond ``episode_ends[-1]`` (left by
+a writer killed mid-episode) are ignored on open and overwritten by the next append. The one torn state
+that the ordering leaves, ``episode_ends`` resized but its new value not yet written, reads as a trailing
+fill value (0) and is recognised as an uncommitted append.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import zarr
+import zarr.codecs
+
+__all__ = ["ReplayStore", "IMAGE_CODECS", "is_image_array"]
+
+WRITER = "s2_policy.data.store"
+
+# Image compression choices (measured in docs/benchmarks/data.md). Blosc with no shuffle: images are
+# uint8, so byte shuffling is a no-op and bit shuffling costs speed for little gain on camera frames.
+IMAGE_CODECS: dict[str, dict[str, Any]] = {
+    "zstd": {"cname": "zstd", "clevel": 3},
+    "lz4": {"cname": "lz4", "clevel": 5},
+}
+DEFAULT_STORAGE: dict[str, Any] = {
+    "image_codec": "zstd",
+    "image_chunk_frames": 1,
+    "lowdim_chunk_frames": 10000,
+}
+
+
+def is_image_array(shape: tuple[int, ...], dtype: np.dtype | None = None) -> bool:
+    """True for per-frame image arrays: (T, H, W, C) with C in {1, 3, 4}."""
+    return len(shape) == 4 and shape[-1] in (1, 3, 4)
+
+
+def _compressor(kind: str, zarr_format: int, image: bool, typesize: int) -> Any:
+    """Blosc compressor object for the store's zarr format (numcodecs for v2, zarr.codecs for v3)."""
+    if image:
+        if kind not in IMAGE_CODECS:
+            raise ValueError(f"unknown image_codec {kind!r}; choose one of {sorted(IMAGE_CODECS)}")
+        spec, shuffle = IMAGE_CODECS[kind], "noshuffle"
+    else:
+        spec, shuffle = {"cname": "zstd", "clevel": 3}, "shuffle"
+    if zarr_format == 2:
+        flag = numcodecs.Blosc.NOSHUFFLE if shuffle == "noshuffle" else numcodecs.Blosc.SHUFFLE
+        return numcodecs.Blosc(cname=spec["cname"], clevel=spec["clevel"], shuffle=flag)
+    return zarr.codecs.BloscCodec(
+        cname=spec["cname"], clevel=spec["clevel"], shuffle=shuffle, typesize=typesize
+    )
+
+
+class ReplayStore:
+    """A diffusion_policy-layout demonstration store (create, open, append episodes, read episodes)."""
+
+    def __init__(self, root: zarr.Group, path: Path, mode: str, validate: bool = True) -> None:
+        """Wrap an opened zarr group; use :meth:`create` or :meth:`open` instead of calling this."""
+        self.path = path
+        self.mode = mode
+        self.root = root
+        for name in ("data", "meta"):
+            if name not in root or not isinstance(root[name], zarr.Group):
+                raise ValueError(
+                    f"{path}: missing group '{name}/': not a diffusion_policy-layout store "
+                    "(expected data/<key> arrays and meta/episode_ends); create one with ReplayStore.create"
+                )
+        if "episode_ends" not in root["meta"]:
+            raise ValueError(
+                f"{path}: missing array 'meta/episode_ends' (int64 exclusive episode ends); "
+                "the store is incomplete or not in diffusion_policy layout"
+            )
+        self.data: zarr.Group = root["data"]
+        self.meta: zarr.Group = root["meta"]
+        self._ends_arr: zarr.Array = self.meta["episode_ends"]
+        self._episode_ends = self._read_committed_ends()
+        if validate:
+            self.validate()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+        zarr_format: int = 3,
+        image_codec: str = DEFAULT_STORAGE["image_codec"],
+        image_chunk_frames: int = DEFAULT_STORAGE["image_chunk_frames"],
+        lowdim_chunk_frames: int = DEFAULT_STORAGE["lowdim_chunk_frames"],
+    ) -> ReplayStore:
+        """Create an empty store at ``path`` (a directory); refuses to replace one unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ValueError(
+                f"{path} already exists; open it with ReplayStore.open(path, mode='a') to append "
+                "or pass overwrite=True to replace it"
+            )
+        if zarr_format not in (2, 3):
+            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
+        if image_codec not in IMAGE_CODECS:
+            raise ValueError(f"unknown image_codec {image_codec!r}; choose one of {sorted(IMAGE_CODECS)}")
+        if image_chunk_frames < 1 or lowdim_chunk_frames < 1:
+            raise ValueError("image_chunk_frames and lowdim_chunk_frames must be >= 1")
+        root = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=zarr_format)
+        root.create_group("data")
+        meta = root.create_group("meta")
+        meta.create_array(
+            "episode_ends",
+            shape=(0,),
+            dtype="int64",
+            chunks=(lowdim_chunk_frames,),
+            fill_value=0,
+            compressors=_compressor("zstd", zarr_format, False, 8),
+        )
+        all_attrs = {"writer": WRITER, **dict(attrs or {})}
+        all_attrs["storage"] = {
+            "image_codec": image_codec,
+            "image_chunk_frames": int(image_chunk_frames),
+            "lowdim_chunk_frames": int(lowdim_chunk_frames),
+        }
+        root.attrs.update(all_attrs)
+        return cls(root, path, "a")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r", validate: bool = True) -> ReplayStore:
+        """Open an existing store (zarr format 2 or 3); ``mode`` is "r" (read-only) or "a" (append)."""
+        path = Path(path)
+        if mode not in ("r", "a"):
+            raise ValueError(
+                f"mode must be 'r' or 'a', got {mode!r} (use ReplayStore.create for a new store)"
+            )
+        if not path.exists():
+            raise FileNotFoundError(f"no store at {path}; create one with ReplayStore.create(path)")
+        store = zarr.storage.LocalStore(path, read_only=(mode == "r"))
+        try:
+            root = zarr.open_group(store, mode="r" if mode == "r" else "r+")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise ValueError(f"{path} is not a zarr group: not a demonstration store") from e
+        return cls(root, path, mode, validate=validate)
+
+    @classmethod
+    def open_or_create(
+        cls, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, **create_kwargs: Any
+    ) -> ReplayStore:
+        """Open ``path`` for appending if it exists, else create it (resumable collection)."""
+        if Path(path).exists():
+            store = cls.open(path, mode="a")
+            if attrs:
+                store.root.attrs.update(dict(attrs))
+            return store
+        return cls.create(path, attrs, **create_kwargs)
+
+    # ------------------------------------------------------------------ reading
+    def _read_committed_ends(self) -> np.ndarray:
+        ends = np.asarray(self._ends_arr[:], dtype=np.int64)
+        if ends.ndim != 1:
+            raise ValueError(f"{self.path}: meta/episode_ends must be 1-D, got shape {ends.shape}")
+        fill = self._ends_arr.fill_value
+        fill = 0 if fill is None else int(fill)
+        # A torn append (resize written, value not yet) leaves one trailing fill value: not committed.
+        if len(ends) and ends[-1] == fill and (len(ends) == 1 or ends[-1] <= ends[-2]):
+            ends = ends[:-1]
+        return ends
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes (writer, env_id, cameras, control_hz, action_space, ...), as a plain dict."""
+        return dict(self.root.attrs)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """Exclusive end index of each complete episode (int64, copy)."""
+        return self._episode_ends.copy()
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """Start index of each complete episode."""
+        return np.concatenate([[0], self._episode_ends[:-1]]).astype(np.int64)
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """Number of frames of each complete episode."""
+        return np.diff(self._episode_ends, prepend=0)
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of complete episodes."""
+        return len(self._episode_ends)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames in complete episodes."""
+        return int(self._episode_ends[-1]) if len(self._episode_ends) else 0
+
+    def keys(self) -> list[str]:
+        """Sorted names of the ``data/`` arrays."""
+        return sorted(self.data.array_keys())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def __getitem__(self, key: str) -> zarr.Array:
+        """The zarr array ``data/<key>`` (may hold uncommitted frames past :attr:`n_frames`)."""
+        if key not in self.data:
+            raise KeyError(f"no array data/{key} in {self.path}; keys: {self.keys()}")
+        return self.data[key]
+
+    def __len__(self) -> int:
+        return self.n_episodes
+
+    def episode_slice(self, i: int) -> slice:
+        """Frame range of episode ``i`` (negative indices count from the end)."""
+        n = self.n_episodes
+        if not -n <= i < n:
+            raise IndexError(f"episode {i} out of range: the store has {n} complete episodes")
+        i %= n
+        start = 0 if i == 0 else int(self._episode_ends[i - 1])
+        return slice(start, int(self._episode_ends[i]))
+
+    def get_episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """All frames of episode ``i`` as numpy arrays (``keys`` restricts which arrays are read)."""
+        sl = self.episode_slice(i)
+        return {k: self[k][sl] for k in (keys or self.keys())}
+
+    def image_keys(self) -> list[str]:
+        """Camera keys: the ``cameras`` attribute if set, else every (T, H, W, C) array."""
+        cams = self.root.attrs.get("cameras")
+        if cams:
+            return list(cams)
+        return [k for k in self.keys() if is_image_array(self[k].shape)]
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, check_finite: bool = True) -> None:
+        """Check the store's structure; raises ValueError naming the key and the fix."""
+        ends, p = self._episode_ends, self.path
+        if not np.issubdtype(self._ends_arr.dtype, np.integer):
+            raise ValueError(f"{p}: meta/episode_ends has dtype {self._ends_arr.dtype}; it must be int64")
+        if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
+            bad = int(np.argmax(np.diff(ends, prepend=0) <= 0))
+            raise ValueError(
+                f"{p}: meta/episode_ends must be strictly increasing and positive (every episode holds "
+                f">= 1 frame), but entry {bad} is {int(ends[bad])} after "
+                f"{int(ends[bad - 1]) if bad else 0}; rewrite meta/episode_ends as cumulative lengths"
+            )
+        keys = self.keys()
+        if len(ends) and not keys:
+            raise ValueError(f"{p}: meta/episode_ends lists {len(ends)} episodes but data/ holds no arrays")
+        n = self.n_frames
+        for k in keys:
+            arr = self[k]
+            if arr.shape[0] < n:
+                raise ValueError(
+                    f"{p}: data/{k} has {arr.shape[0]} frames but meta/episode_ends[-1] = {n}: keys of "
+                    f"unequal length; every data/ array needs one row per frame (fix data/{k} or the ends)"
+                )
+        for k in self.image_keys() if len(ends) else []:
+            if k not in self.data:
+                raise ValueError(
+                    f"{p}: attribute 'cameras' names {k!r} but there is no data/{k}; "
+                    "fix the attribute or add the images"
+                )
+            self._check_image(k, self[k].dtype, tuple(self[k].shape))
+        if check_finite and n:
+            for k in keys:
+                arr = self[k]
+                if np.issubdtype(arr.dtype, np.floating) and arr.ndim <= 2:
+                    _check_finite(k, np.asarray(arr[:n]), where=str(p))
+
+    def _check_image(self, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if len(shape) != 4 or shape[-1] not in (1, 3, 4):
+            hint = (
+                " (looks channel-first: transpose to (T, H, W, C))"
+                if len(shape) == 4 and shape[1] in (1, 3)
+                else ""
+            )
+            raise ValueError(
+                f"image key {key!r} must have shape (T, H, W, C) with C in 1/3/4, got {shape}{hint}"
+            )
+        if np.dtype(dtype) != np.uint8:
+            raise ValueError(
+                f"image key {key!r} must be uint8, got {np.dtype(dtype)}; convert float images in "
+                "[0, 1] with (x * 255).round().clip(0, 255).astype(np.uint8)"
+            )
+
+    # ------------------------------------------------------------------ writing
+    def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
+        """Append one complete episode (``{key: (T, ...) array}``); returns its index.
+
+        Data arrays are grown and written first, ``meta/episode_ends`` last: a crash at any point leaves
+        the store holding exactly the episodes that were complete before.
+        """
+        if self.mode == "r":
+            raise ValueError(f"{self.path} is open read-only; open it with mode='a' to append")
+        if not episode:
+            raise ValueError("add_episode needs a non-empty {key: array} mapping")
+        ep = {k: np.asarray(v) for k, v in episode.items()}
+        lengths = {k: v.shape[0] if v.ndim else 0 for k, v in ep.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(
+                f"episode keys have unequal lengths {lengths}; every key needs one row per frame"
+            )
+        T = next(iter(lengths.values()))
+        if T == 0:
+            raise ValueError("episode has 0 frames; an episode needs at least one frame")
+        existing = self.keys()
+        if self.n_episodes and set(ep) != set(existing):
+            raise ValueError(
+                f"episode keys {sorted(ep)} differ from the store's keys {existing}; "
+                "every episode must provide the same keys"
+            )
+        cams = set(self.image_keys())
+        for k, v in ep.items():
+            if k in cams or is_image_array(v.shape) or (v.ndim == 4 and v.shape[1] in (1, 3)):
+                self._check_image(k, v.dtype, v.shape)
+            elif np.issubdtype(v.dtype, np.floating):
+                _check_finite(k, v, where="episode")
+            if self.n_episodes:
+                arr = self[k]
+                if tuple(arr.shape[1:]) != v.shape[1:]:
+                    raise ValueError(
+                        f"data/{k} frames have shape {tuple(arr.shape[1:])} but the episode's are "
+                        f"{v.shape[1:]}; resize the data to match the store"
+                    )
+                if not np.can_cast(v.dtype, arr.dtype, casting="same_kind"):
+                    raise ValueError(f"data/{k} has dtype {arr.dtype}; cannot store {v.dtype} in it")
+        start = self.n_frames
+        if not self.n_episodes:  # arrays left by a writer killed before its first commit are stale
+            for k in existing:
+                if k not in ep:
+                    del self.data[k]
+        for k, v in ep.items():
+            arr = self._array_for(k, v) if not self.n_episodes else self[k]
+            arr.resize((start + T, *arr.shape[1:]))
+            arr[start : start + T] = v
+        new_ends = np.append(self._episode_ends, start + T).astype(np.int64)
+        self._ends_arr.resize((len(new_ends),))
+        self._ends_arr[len(new_ends) - 1] = start + T  # the commit point
+        self._episode_ends = new_ends
+        return len(new_ends) - 1
+
+    def _array_for(self, key: str, v: np.ndarray) -> zarr.Array:
+        """Create (or re-create, when no episode is committed yet) the data array for ``key``."""
+        settings = {**DEFAULT_STORAGE, **dict(self.root.attrs.get("storage", {}))}
+        fmt = self.root.metadata.zarr_format
+        image = is_image_array(v.shape)
+        frames = settings["image_chunk_frames"] if image else settings["lowdim_chunk_frames"]
+        dtype = np.float32 if v.dtype == np.float64 else v.dtype
+        return self.data.create_array(
+            key,
+            shape=(0, *v.shape[1:]),
+            dtype=dtype,
+            chunks=(frames, *v.shape[1:]),
+            overwrite=True,
+            compressors=_compressor(settings["image_codec"], fmt, image, np.dtype(dtype).itemsize),
+        )
+
+    def update_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Merge ``attrs`` into the root attributes (JSON-able values)."""
+        if self.mode == "r":
+            raise ValueError(f"{self.path} is open read-only; open it with mode='a' to change attributes")
+        self.root.attrs.update(dict(attrs))
+
+    def __repr__(self) -> str:
+        return (
+            f"ReplayStore({str(self.path)!r}, episodes={self.n_episodes}, frames={self.n_frames}, "
+            f"keys={self.keys()})"
+        )
+
+
+def _check_finite(key: str, x: np.ndarray, where: str) -> None:
+    """Raise ValueError if ``x`` holds NaN or inf, naming the key and the first bad row."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(
+            f"{where}: {key!r} holds NaN/inf (first at row {row}); clean or drop those frames "
+            "before storing (actions and states must be finite)"
+        )

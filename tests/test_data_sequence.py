@@ -1,0 +1,152 @@
+"""SequenceDataset: windows against an independent reference of the padding rules, splits, loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch.utils.data import DataLoader
+
+from s2_policy.data.sequence import SequenceDataset, split_episodes
+from s2_policy.data.store import ReplayStore
+
+LENGTHS = [1, 2, 5, 9, 3, 12, 4]
+
+
+def write_dp_layout(path: Path, lengths: list[int], zarr_format: int) -> dict[str, np.ndarray]:
+    """Store written with plain zarr calls in diffusion_policy layout; frame k holds values derived from k."""
+    n = sum(lengths)
+    k = np.arange(n)
+    arrays = {
+        "front": (k % 251).astype(np.uint8)[:, None, None, None] * np.ones((1, 4, 5, 3), np.uint8),
+        "wrist": ((k * 7) % 251).astype(np.uint8)[:, None, None, None] * np.ones((1, 3, 3, 3), np.uint8),
+        "state": np.stack([k, -k, k * 0.5], 1).astype(np.float32),
+        "action": np.stack([k + 0.25, k * 2.0], 1).astype(np.float32),
+    }
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    data = root.create_group("data")
+    for name, a in arrays.items():
+        chunks = (1, *a.shape[1:]) if a.ndim == 4 else a.shape
+        data.create_array(name, shape=a.shape, chunks=chunks, dtype=a.dtype)[:] = a
+    root.create_group("meta").create_array("episode_ends", shape=(len(lengths),), dtype="int64")[:] = (
+        np.cumsum(lengths)
+    )
+    return arrays
+
+
+def reference_windows(arrays, lengths, episodes, horizon, n_obs, n_act):
+    """Independent reference: pad each episode by repeating its edge frames, slide a window over it."""
+    pad_before, pad_after = n_obs - 1, n_act - 1
+    ends = np.cumsum(lengths)
+    out = []
+    for e in episodes:
+        s, t = ends[e] - lengths[e], ends[e]
+        padded = {}
+        for name, a in arrays.items():
+            ep = a[s:t]
+            padded[name] = np.concatenate([ep[:1]] * pad_before + [ep] + [ep[-1:]] * pad_after)
+        n_pad = lengths[e] + pad_before + pad_after
+        for w in range(n_pad - horizon + 1):
+            out.append({name: p[w : w + horizon] for name, p in padded.items()})
+    return out
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("horizon,n_obs,n_act", [(4, 2, 2), (5, 1, 5), (3, 3, 1), (8, 2, 4), (1, 1, 1)])
+def test_windows_match_reference(
+    tmp_path: Path, zarr_format: int, horizon: int, n_obs: int, n_act: int
+) -> None:
+    arrays = write_dp_layout(tmp_path / "s.zarr", LENGTHS, zarr_format)
+    ds = SequenceDataset(
+        tmp_path / "s.zarr", cameras=["front", "wrist"], horizon=horizon, n_obs_steps=n_obs,
+        n_action_steps=n_act, val_ratio=0.0,
+    )  # fmt: skip
+    ref = reference_windows(arrays, LENGTHS, range(len(LENGTHS)), horizon, n_obs, n_act)
+    assert len(ds) == len(ref)
+    for i, r in enumerate(ref):
+        item = ds[i]
+        assert item["obs"]["front"].dtype == torch.uint8 and item["obs"]["front"].shape == (n_obs, 4, 5, 3)
+        np.testing.assert_array_equal(item["obs"]["front"].numpy(), r["front"][:n_obs])
+        np.testing.assert_array_equal(item["obs"]["wrist"].numpy(), r["wrist"][:n_obs])
+        np.testing.assert_array_equal(item["obs"]["state"].numpy(), r["state"][:n_obs])
+        assert item["action"].dtype == torch.float32 and item["action"].shape == (horizon, 2)
+        np.testing.assert_array_equal(item["action"].numpy(), r["action"])
+
+
+def test_split_by_whole_episodes(tmp_path: Path) -> None:
+    lengths = [6] * 20
+    write_dp_layout(tmp_path / "s.zarr", lengths, 3)
+    kw = dict(cameras=["front"], horizon=4, n_obs_steps=2, n_action_steps=2, val_ratio=0.2, seed=3)
+    tr = SequenceDataset(tmp_path / "s.zarr", **kw)
+    va = tr.get_validation_dataset()
+    assert len(va.episodes) == 4 and len(tr.episodes) == 16
+    assert set(tr.episodes).isdisjoint(va.episodes) and set(tr.episodes) | set(va.episodes) == set(range(20))
+    np.testing.assert_array_equal(SequenceDataset(tmp_path / "s.zarr", **kw).episodes, tr.episodes)
+    other = SequenceDataset(tmp_path / "s.zarr", **{**kw, "seed": 4})
+    assert set(other.val_episodes) != set(va.episodes)
+    # every validation window lies inside one validation episode
+    ends = np.cumsum(lengths)
+    for i in range(len(va)):
+        ep = np.searchsorted(ends, va.frame_indices(i), side="right")
+        assert len(set(ep)) == 1 and ep[0] in va.episodes
+    capped = SequenceDataset(tmp_path / "s.zarr", **kw, max_train_episodes=5)
+    assert len(capped.episodes) == 5 and set(capped.episodes) <= set(tr.episodes)
+    np.testing.assert_array_equal(capped.val_episodes, va.episodes)
+
+
+def test_split_edge_cases() -> None:
+    tr, va = split_episodes(1, 0.5, 0)
+    assert list(tr) == [0] and len(va) == 0
+    tr, va = split_episodes(3, 0.9, 0)
+    assert len(tr) == 1 and len(va) == 2
+    with pytest.raises(ValueError, match="val_ratio"):
+        split_episodes(3, 1.0, 0)
+
+
+def test_store_split_attribute_is_used(tmp_path: Path) -> None:
+    write_dp_layout(tmp_path / "s.zarr", [5] * 6, 3)
+    zarr.open_group(str(tmp_path / "s.zarr")).attrs["split"] = {"train": [0, 2, 3, 5], "valid": [1, 4]}
+    ds = SequenceDataset(tmp_path / "s.zarr", cameras=[], horizon=2, n_obs_steps=1, n_action_steps=2)
+    assert list(ds.episodes) == [0, 2, 3, 5] and list(ds.get_validation_dataset().episodes) == [1, 4]
+    ds2 = SequenceDataset(tmp_path / "s.zarr", cameras=[], horizon=2, n_obs_steps=1, n_action_steps=2,
+                          use_store_split=False, val_ratio=0.0)  # fmt: skip
+    assert len(ds2.episodes) == 6
+
+
+def test_low_dim_arrays_are_training_split_only(tmp_path: Path) -> None:
+    arrays = write_dp_layout(tmp_path / "s.zarr", LENGTHS, 3)
+    ds = SequenceDataset(tmp_path / "s.zarr", cameras=["front"], horizon=2, n_obs_steps=1, n_action_steps=1,
+                         val_ratio=0.3, seed=1)  # fmt: skip
+    ends = np.cumsum(LENGTHS)
+    idx = np.concatenate([np.arange(ends[e] - LENGTHS[e], ends[e]) for e in ds.train_episodes])
+    low = ds.low_dim_arrays()
+    np.testing.assert_array_equal(low["action"], arrays["action"][idx])
+    np.testing.assert_array_equal(low["state"], arrays["state"][idx])
+    assert ds.action_dim == 2 and ds.state_dim == 3
+
+
+def test_dataloader_with_workers(tmp_path: Path) -> None:
+    s = ReplayStore.create(tmp_path / "s.zarr", attrs={"cameras": ["front"]})
+    for T in (7, 9, 5):
+        s.add_episode({"front": np.random.randint(0, 255, (T, 8, 8, 3), np.uint8),
+                       "state": np.random.randn(T, 3).astype(np.float32),
+                       "action": np.random.randn(T, 2).astype(np.float32)})  # fmt: skip
+    ds = SequenceDataset(tmp_path / "s.zarr", cameras=["front"], horizon=4, n_obs_steps=2, n_action_steps=2,
+                         val_ratio=0.0)  # fmt: skip
+    batches = list(DataLoader(ds, batch_size=4, num_workers=2, shuffle=False))
+    got = torch.cat([b["obs"]["front"] for b in batches])
+    want = torch.stack([ds[i]["obs"]["front"] for i in range(len(ds))])
+    assert got.shape == (len(ds), 2, 8, 8, 3) and torch.equal(got, want)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    write_dp_layout(tmp_path / "s.zarr", [4, 4], 3)
+    with pytest.raises(ValueError, match="no data/depth"):
+        SequenceDataset(tmp_path / "s.zarr", cameras=["depth"])
+    with pytest.raises(ValueError, match="horizon"):
+        SequenceDataset(tmp_path / "s.zarr", cameras=["front"], horizon=2, n_obs_steps=3, n_action_steps=1)
+    with pytest.raises(ValueError, match="split"):
+        SequenceDataset(tmp_path / "s.zarr", cameras=["front"], split="test")
