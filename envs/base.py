@@ -3,9 +3,9 @@
 Tasks subclass :class:`ManipulationEnv` and provide an MJCF file, object randomisation and a success test.
 The robot is the same in every task, so observations and actions have the same meaning everywhere:
 
-* action (float32, 4): end-effector delta ``(dx, dy, dz)`` in ``[-1, 1]`` scaled by ``max_step`` metres, then the
-  gripper command (-1 fully open, +1 closed). Moves are applied to the mocap target (clipped to the workspace)
-  and interpolated over the physics substeps so contacts stay gentle.
+* action (float32, 4): end-effector delta ``(dx, dy, dz)`` in ``[-1, 1]`` scaled by ``max_step`` metres,
+  then the gripper command (-1 fully open, +1 closed). Moves are applied to the mocap target (clipped to the
+  workspace) and interpolated over the physics substeps so contacts stay gentle.
 * observation: one uint8 ``(H, W, 3)`` image per camera plus float32 ``state`` = measured end-effector
   position (3) and gripper opening in metres (1) — nothing a real robot could not measure.
 """
@@ -44,10 +44,10 @@ def _parse_size(cam: str, size: Any) -> tuple[int, int]:
     ):
         hw = (int(size[0]), int(size[1]))
     else:
-        raise ValueError(f"image size for camera {cam!r} must be an int or a (height, width) pair, got {size!r}")
+        raise ValueError(f"image size for camera {cam!r} must be an int or a (height, width) pair: {size!r}")
     if not all(1 <= v <= MAX_IMAGE_SIDE for v in hw):
         raise ValueError(
-            f"image size {hw} for camera {cam!r} is impossible: each side must be in [1, {MAX_IMAGE_SIDE}] pixels"
+            f"image size {hw} for camera {cam!r} is impossible: each side must be 1..{MAX_IMAGE_SIDE} pixels"
         )
     return hw
 
@@ -69,7 +69,7 @@ def resolve_image_sizes(
         missing = [c for c in cams if c not in image_size]
         if extra or missing:
             raise ValueError(
-                f"image_size mapping must name exactly the cameras {cams}: missing {missing}, not used {extra}"
+                f"image_size mapping must name exactly the cameras {cams}: missing {missing}, unused {extra}"
             )
         return {c: _parse_size(c, image_size[c]) for c in cams}
     return {c: _parse_size(c, image_size) for c in cams}
@@ -118,7 +118,8 @@ class ManipulationEnv(gym.Env):
 
         self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         obs_spaces: dict[str, spaces.Space] = {
-            cam: spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8) for cam, (h, w) in self.image_sizes.items()
+            cam: spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
+            for cam, (h, w) in self.image_sizes.items()
         }
         obs_spaces["state"] = spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -162,8 +163,9 @@ class ManipulationEnv(gym.Env):
         start = self._target
         goal = np.clip(start + a[:3] * self.max_step, self.workspace_low, self.workspace_high)
         self.data.ctrl[:] = self.max_finger * (1.0 - a[3]) / 2.0
-        for i in range(self.n_substeps):
-            self.data.mocap_pos[self._mocap] = start + (goal - start) * min(1.0, 2.0 * (i + 1) / self.n_substeps)
+        for i in range(self.n_substeps):  # the target moves during the first half of the substeps
+            frac = min(1.0, 2.0 * (i + 1) / self.n_substeps)
+            self.data.mocap_pos[self._mocap] = start + (goal - start) * frac
             mujoco.mj_step(self.model, self.data)
         self._target = goal
         success = self._is_success()
@@ -176,7 +178,8 @@ class ManipulationEnv(gym.Env):
             return None
         imgs = [self.render_camera(c) for c in self.cameras]
         height = max(im.shape[0] for im in imgs)
-        return np.concatenate([np.pad(im, ((0, height - im.shape[0]), (0, 0), (0, 0))) for im in imgs], axis=1)
+        padded = [np.pad(im, ((0, height - im.shape[0]), (0, 0), (0, 0))) for im in imgs]
+        return np.concatenate(padded, axis=1)
 
     def close(self) -> None:
         for r in self._renderers.values():
@@ -185,7 +188,7 @@ class ManipulationEnv(gym.Env):
 
     # ----------------------------------------------------------------------------------------- helpers
     def render_camera(self, camera: str, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Upright uint8 (H, W, 3) image of one camera (``mujoco.Renderer`` already flips GL's bottom-up rows)."""
+        """Upright uint8 (H, W, 3) image of one camera (``mujoco.Renderer`` flips GL's bottom-up rows)."""
         if camera not in CAMERAS:
             raise ValueError(f"unknown camera {camera!r}; available cameras: {list(CAMERAS)}")
         hw = size if size is not None else self.image_sizes[camera]

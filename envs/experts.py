@@ -154,7 +154,7 @@ _EXPERTS: dict[type, type[_Expert]] = {
 
 
 def make_expert(env: gym.Env) -> _Expert:
-    """Scripted expert for ``env`` (any wrapper around one of the envs' tasks): ``reset(seed)``, ``act(obs)``."""
+    """Scripted expert for ``env`` (a task env, wrapped or not): ``reset(seed)`` and ``act(obs)``."""
     task = type(env.unwrapped)
     for cls, expert in _EXPERTS.items():
         if issubclass(task, cls):

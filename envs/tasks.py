@@ -26,7 +26,7 @@ class PickCubeEnv(ManipulationEnv):
 
 
 class PlaceCubeEnv(ManipulationEnv):
-    """Precision: pick a 3 cm cube and set it down, released, with its centre within ``tolerance`` of the pad's."""
+    """Precision: pick a 3 cm cube and set it down, released, its centre within ``tolerance`` of the pad's."""
 
     xml_file = "place_cube.xml"
     half: ClassVar[float] = 0.015
