@@ -1,0 +1,262 @@
+"""The fixed-rate control loop: snapshot cameras + robot, encode, run the policy, schedule, act, stay safe.
+
+One tick (period ``1 / rate_hz``, on the grid ``t0 + k * period``; a tick that overruns skips the ticks it
+missed instead of bursting to catch up):
+
+1. snapshot the newest frame of every camera and the robot state; check them (safety);
+2. on inference ticks: encode the frames (every tile of every scale of every camera in one backbone call,
+   :class:`~s2_policy.realtime.batcher.TileBatcher`), append the features to the observation history (each
+   frame is encoded once, not ``n_obs_steps`` times), predict an action chunk, check it, schedule it by
+   timestamp (late actions dropped);
+3. send the action of the current slot to the robot (or hold when a fault is active or nothing is due);
+4. record telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from s2_policy.realtime.actions import ActionScheduler
+from s2_policy.realtime.cameras import CameraSource, Frame
+from s2_policy.realtime.robot import Robot
+from s2_policy.realtime.safety import SafetyConfig, SafetyMonitor
+from s2_policy.realtime.telemetry import StepRecord, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class FeaturePolicy(Protocol):
+    """What the loop needs from a policy (``s2_policy.policies.Policy`` provides it)."""
+
+    cameras: list[str]
+
+    @property
+    def n_obs_steps(self) -> int: ...
+
+    def predict_from_features(self, feats: torch.Tensor, state: Any) -> torch.Tensor: ...
+
+
+class FrameEncoder(Protocol):
+    """What the loop needs from the tile batcher: one frame per camera -> features ``(K, F)``."""
+
+    def encode(self, images: Sequence[np.ndarray]) -> torch.Tensor: ...
+
+
+@dataclass
+class LoopConfig:
+    """Loop settings (``configs/realtime.yaml``: ``loop`` and ``safety`` blocks)."""
+
+    rate_hz: float = 30.0
+    infer_every: int = 1
+    ensemble: str = "none"
+    ensemble_k: float = 0.01
+    duration_s: float | None = None
+    max_steps: int | None = None
+    print_every_s: float = 2.0
+    sync_to_camera: bool = True
+    sync_lag_ms: float = 5.0
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        if not self.rate_hz > 0:
+            raise ValueError(f"loop.rate_hz must be > 0, got {self.rate_hz}")
+        if not 0 <= self.sync_lag_ms < 1e3 / self.rate_hz:
+            raise ValueError(f"loop.sync_lag_ms must be in [0, period), got {self.sync_lag_ms}")
+        if self.infer_every < 1:
+            raise ValueError(f"loop.infer_every must be >= 1 tick, got {self.infer_every}")
+        if isinstance(self.safety, Mapping):
+            self.safety = SafetyConfig(**self.safety)
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+class ControlLoop:
+    """Runs ``policy`` on live ``cameras`` and drives ``robot`` at ``cfg.rate_hz`` until told to stop.
+
+    ``cameras`` maps the policy's camera names to started sources. :meth:`run` returns the telemetry
+    summary; :meth:`request_stop` (or SIGINT when run from the main thread) ends it cleanly: the robot is
+    left holding its position.
+    """
+
+    def __init__(self, policy: FeaturePolicy, encoder: FrameEncoder, cameras: Mapping[str, CameraSource],
+                 robot: Robot, cfg: LoopConfig, telemetry: Telemetry | None = None) -> None:
+        missing = [c for c in policy.cameras if c not in cameras]
+        if missing:
+            raise ValueError(f"the policy needs cameras {policy.cameras}; no source for {missing} "
+                             f"(configured: {sorted(cameras)})")
+        self.policy, self.encoder, self.robot, self.cfg = policy, encoder, robot, cfg
+        self.cameras = {c: cameras[c] for c in policy.cameras}
+        self.telemetry = telemetry or Telemetry(cfg.period, cfg.print_every_s)
+        self.safety = SafetyMonitor(cfg.safety)
+        self._stop = threading.Event()
+        self.stop_reason = ""
+        self._robot_stopped = False
+        self._history: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
+        self._episode: int | None = None
+        self._dropped_seen = {c: 0 for c in self.cameras}
+        self._sync_age: float | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the loop to finish after the current tick (thread-safe)."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    # -- one tick -------------------------------------------------------------------------------------------
+    def _new_drops(self) -> int:
+        total = 0
+        for name, cam in self.cameras.items():
+            d = cam.dropped
+            total += d - self._dropped_seen[name]
+            self._dropped_seen[name] = d
+        return total
+
+    def _infer(self, frames: Mapping[str, Frame], state: np.ndarray, rec: StepRecord) -> np.ndarray:
+        t0 = time.perf_counter()
+        feats = self.encoder.encode([frames[c].image for c in self.cameras])
+        t1 = time.perf_counter()
+        if not self._history:
+            self._history.extend([(feats, state)] * self.policy.n_obs_steps)  # pad like training (edge frame)
+        else:
+            self._history.append((feats, state))
+        f = torch.stack([h[0] for h in self._history])[None]
+        s = np.stack([h[1] for h in self._history])[None]
+        actions = self.policy.predict_from_features(f, s)
+        actions = actions.detach().float().cpu().numpy()[0]
+        rec.encode_ms, rec.policy_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        return actions
+
+    def _safe_action(self, rec: StepRecord, reason: str) -> None:
+        self._history.clear()
+        self.scheduler.clear()
+        rec.reason = reason
+        if self.cfg.safety.on_fault == "stop" and not reason.startswith("recovering"):
+            self.robot.stop()
+            self._robot_stopped = True
+            rec.status = "stop"
+            self.request_stop(f"safety stop: {reason}")
+        else:
+            self.robot.hold()
+            rec.status = "hold"
+
+    def tick(self, k: int, t_tick: float) -> StepRecord:
+        """Run tick ``k`` whose nominal start is ``t_tick`` (monotonic seconds)."""
+        t_wake = time.monotonic()
+        rec = StepRecord(step=k, t=t_wake - self.t_start, status="idle", jitter_ms=(t_wake - t_tick) * 1e3)
+        frames = {c: cam.latest() for c, cam in self.cameras.items()}
+        rec.dropped_frames = self._new_drops()
+        reasons = self.safety.check_inputs(self.cameras, frames, self.robot.connected, t_wake)
+        self._sync_age = None
+        if not reasons:
+            self._sync_age = t_wake - frames[self.policy.cameras[0]].t_capture
+            rec.frame_age_ms = (t_wake - min(f.t_capture for f in frames.values())) * 1e3
+            rs = self.robot.get_state()
+            if rs.episode != self._episode:  # the scene was reset: old observations do not apply
+                self._episode = rs.episode
+                self._history.clear()
+                self.scheduler.clear()
+            if k % self.cfg.infer_every == 0 or self.scheduler.pending(t_wake) == 0:
+                actions = self._infer(frames, rs.state, rec)
+                rec.inferred = True
+                t_done = time.monotonic()
+                reasons = self.safety.check_step(actions, t_done - t_wake)
+                if not reasons:
+                    t_capture = min(f.t_capture for f in frames.values())
+                    rec.late_actions = self.scheduler.add_chunk(actions, t_tick, t_done, t_capture)
+        reason = self.safety.update(reasons, time.monotonic())
+        if reason:
+            self._safe_action(rec, reason)
+        else:
+            now = time.monotonic()
+            due = self.scheduler.pop(now)
+            if due is None:
+                self.robot.hold()
+            else:
+                action, t_capture = due
+                self.robot.send_action(action)
+                now = time.monotonic()
+                rec.status, rec.latency_ms = "act", (now - t_capture) * 1e3
+        t_end = time.monotonic()
+        rec.step_ms = (t_end - t_wake) * 1e3
+        rec.deadline_miss = t_end > t_tick + self.cfg.period
+        return rec
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Tick until duration / max_steps / robot finished / stop request; returns the telemetry summary."""
+        period = self.cfg.period
+        self.t0 = self.t_start = time.monotonic()
+        self.scheduler = ActionScheduler(self.t0, period, self.cfg.ensemble, self.cfg.ensemble_k)
+        restore = self._install_sigint()
+        k = 0
+        try:
+            while not self._stop.is_set():
+                if self.cfg.max_steps is not None and len(self.telemetry.records) >= self.cfg.max_steps:
+                    self.request_stop("max_steps")
+                    break
+                if self.cfg.duration_s is not None and time.monotonic() - self.t0 >= self.cfg.duration_s:
+                    self.request_stop("duration")
+                    break
+                if self.robot.finished():
+                    self.request_stop("robot finished")
+                    break
+                t_tick = self.t0 + k * period
+                delay = t_tick - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                self.telemetry.add(self.tick(k, t_tick))
+                if self.cfg.sync_to_camera:
+                    self._phase_lock()
+                # skip ticks whose start has already passed (no catch-up bursts)
+                k = max(k + 1, math.floor((time.monotonic() - self.t0) / period) + 1)
+        except KeyboardInterrupt:
+            self.request_stop("interrupted")
+        finally:
+            restore()
+            if not self._robot_stopped:
+                self.robot.hold()
+        log.info("realtime loop stopped: %s", self.stop_reason)
+        return self.telemetry.summary({"stop_reason": self.stop_reason})
+
+    def _phase_lock(self) -> None:
+        """Nudge the tick grid so ticks fall ``sync_lag_ms`` after the first camera's frames arrive.
+
+        With camera and loop at similar rates, an unsynchronised tick finds a frame that is on average half a
+        frame period old; locking the phase removes that from capture->action latency. Slots of scheduled
+        actions keep their indices (only the grid's origin moves, by at most a quarter period per tick).
+        """
+        period = self.cfg.period
+        if self._sync_age is None or not 0 <= self._sync_age < period:
+            return  # no fresh frame, or a camera slower than the loop: nothing to lock to
+        err = self._sync_age - self.cfg.sync_lag_ms * 1e-3
+        if err > period / 2:
+            err -= period  # the next frame is due just after this tick: move ticks later
+        # asymmetric gain: move later quickly after a missed frame, earlier slowly (jitter-robust)
+        shift = min(max(-(0.5 if err < 0 else 0.1) * err, -period / 4), period / 4)
+        self.t0 += shift
+        self.scheduler.t0 = self.t0
+
+    def _install_sigint(self):
+        """Ctrl-C -> clean stop after the current tick (only possible from the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            self.request_stop("interrupted (SIGINT)")
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
