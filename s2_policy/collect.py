@@ -1,0 +1,217 @@
+"""Scripted-expert demonstration collection into a diffusion_policy-layout zarr store.
+
+``python -m s2_policy.collect task=pick_cube n_episodes=100`` (hydra, ``configs/collect.yaml``) or
+:func:`collect_demos` from code. Episode ``k`` of base seed ``s`` uses env and expert seed
+``s * 1_000_000 + k``; episodes run in spawned workers (EGL contexts must not be forked), in candidate
+order, and only successful ones are appended. The store records which seeds it holds and which failed, so
+re-running resumes with the next untried seed and adds only the missing episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+WRITER = "s2_policy.collect"
+SEED_STRIDE = 1_000_000
+_WORKER: dict[str, Any] = {}
+
+
+def episode_seed(seed: int, k: int) -> int:
+    """Env/expert seed of candidate episode ``k`` under base ``seed``."""
+    return seed * SEED_STRIDE + k
+
+
+def _init_worker(task_cfg: dict[str, Any]) -> None:
+    import envs
+
+    env = envs.make_env(task_cfg)
+    _WORKER.update(env=env, expert=envs.make_expert(env))
+
+
+def _run_episode(seed: int) -> tuple[int, bool, int, dict[str, np.ndarray] | None]:
+    """One expert episode: (seed, success, length, frames-or-None). Frames pair each obs with its action."""
+    env, expert = _WORKER["env"], _WORKER["expert"]
+    obs, info = env.reset(seed=seed)
+    expert.reset(seed=seed)
+    frames: dict[str, list[np.ndarray]] = {k: [] for k in (*obs, "action")}
+    done = False
+    while not done:
+        action = expert.act(obs)
+        for k, v in obs.items():
+            frames[k].append(v)
+        frames["action"].append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    success = bool(info["is_success"])
+    length = len(frames["action"])
+    return seed, success, length, ({k: np.stack(v) for k, v in frames.items()} if success else None)
+
+
+def _store_attrs(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Attributes describing how the store's episodes were produced (checked again on resume)."""
+    import envs
+
+    env = envs.make_env(cfg)
+    try:
+        u = env.unwrapped
+        space = env.action_space
+        return {
+            "writer": WRITER,
+            "task": cfg.get("name"),
+            "env_id": cfg["env_id"],
+            "env_kwargs": dict(cfg.get("env_kwargs") or {}),
+            "cameras": list(u.cameras),
+            "image_sizes": {c: list(hw) for c, hw in u.image_sizes.items()},
+            "control_hz": u.control_hz,
+            "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
+            "action_space": {
+                "shape": list(space.shape),
+                "low": space.low.tolist(),
+                "high": space.high.tolist(),
+                "dtype": str(space.dtype),
+                "meaning": ["dx", "dy", "dz", "gripper (-1 open, +1 closed)"],
+                "max_step_m": u.max_step,
+            },
+            "state": ["ee_x", "ee_y", "ee_z", "gripper_opening_m"],
+            "expert": type(envs.make_expert(env)).__name__,
+            "seed": seed,
+            "seed_rule": f"episode k uses env/expert seed {SEED_STRIDE} * seed + k",
+        }
+    finally:
+        env.close()
+
+
+_MUST_MATCH = ("env_id", "cameras", "image_sizes", "control_hz", "action_space", "seed")
+
+
+def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    diff = [k for k in _MUST_MATCH if k in old and old[k] != new[k]]
+    if diff:
+        detail = "; ".join(f"{k}: store has {old[k]!r}, config gives {new[k]!r}" for k in diff)
+        raise ValueError(
+            f"{path} was collected with different settings ({detail}); "
+            "choose another output path (out=...) or delete the store to start over"
+        )
+
+
+def _episodes(
+    cfg: dict[str, Any], seeds: Iterator[int], n_workers: int
+) -> Iterator[tuple[int, bool, int, dict[str, np.ndarray] | None]]:
+    """Run episodes for ``seeds`` in order, in ``n_workers`` spawned processes (0/1: in this process)."""
+    if n_workers <= 1:
+        _init_worker(cfg)
+        try:
+            yield from map(_run_episode, seeds)
+        finally:
+            _WORKER.pop("env").close()
+        return
+    with mp.get_context("spawn").Pool(n_workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        yield from pool.imap(_run_episode, seeds)
+
+
+def collect_demos(
+    task_cfg: Any,
+    out_path: str | Path,
+    n_episodes: int,
+    n_workers: int = 2,
+    seed: int = 0,
+    max_attempts: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fill the store at ``out_path`` with ``n_episodes`` successful expert episodes; returns the path.
+
+    Resumable: an existing store (same env, cameras, sizes and base seed) keeps its episodes and only the
+    missing ones are collected, continuing after the last seed tried. Failed episodes are not stored; their
+    seeds are logged and kept in the ``failed_seeds`` attribute. Gives up with RuntimeError after
+    ``max_attempts`` new candidates (default ``2 * missing + 10``) so a broken expert cannot loop forever.
+    """
+    from envs.registry import _plain
+    from s2_policy.data.store import ReplayStore
+
+    if n_episodes < 0:
+        raise ValueError(f"n_episodes must be >= 0, got {n_episodes}")
+    cfg = _plain(task_cfg)
+    path = Path(out_path)
+    attrs = _store_attrs(cfg, seed)
+    if path.exists():
+        store = ReplayStore.open(path, mode="a")
+        _check_resume(path, store.attrs, attrs)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = ReplayStore.create(path, attrs={**attrs, "episode_seeds": [], "failed_seeds": []})
+    # Seeds are recorded just before each append: entries past n_episodes were never committed.
+    kept = list(store.attrs.get("episode_seeds", []))[: store.n_episodes]
+    if len(kept) != store.n_episodes:
+        raise ValueError(
+            f"{path} holds {store.n_episodes} episodes but records seeds for {len(kept)}; it was not written "
+            "by s2_policy.collect: use another out path"
+        )
+    failed = list(store.attrs.get("failed_seeds", []))
+    store.update_attrs({**attrs, "episode_seeds": kept, "failed_seeds": failed})
+    missing = n_episodes - store.n_episodes
+    if missing <= 0:
+        log.info("%s already holds %d episodes (asked for %d)", path, store.n_episodes, n_episodes)
+        return path
+
+    start = max([s - seed * SEED_STRIDE + 1 for s in kept + failed], default=0)
+    budget = max_attempts if max_attempts is not None else 2 * missing + 10
+    initial, new_failed = store.n_episodes, []
+    bar = tqdm(total=missing, desc=f"collect {cfg.get('name', cfg['env_id'])}", disable=not progress)
+    candidates = (episode_seed(seed, k) for k in range(start, start + budget))
+    episodes = _episodes(cfg, candidates, n_workers)
+    try:
+        for s, success, length, frames in episodes:
+            if success:
+                kept.append(s)
+                store.update_attrs({"episode_seeds": kept})
+                store.add_episode(frames)  # type: ignore[arg-type]
+                bar.update(1)
+            else:
+                new_failed.append(s)
+                store.update_attrs({"failed_seeds": failed + new_failed})
+                log.warning("episode with seed %d failed after %d steps: not stored", s, length)
+            bar.set_postfix(failed=len(new_failed))
+            if store.n_episodes >= n_episodes:
+                break
+    finally:
+        episodes.close()  # stops the worker pool
+        bar.close()
+    added = store.n_episodes - initial
+    log.info(
+        "%s: %d episodes (%d added; %d of %d new candidates failed, seeds %s)",
+        path, store.n_episodes, added, len(new_failed), added + len(new_failed), new_failed,
+    )  # fmt: skip
+    if store.n_episodes < n_episodes:
+        raise RuntimeError(
+            f"only {store.n_episodes}/{n_episodes} successful episodes after {budget} new candidates "
+            f"({len(new_failed)} failed); the expert is failing: check the task config"
+        )
+    return path
+
+
+def _main() -> None:
+    import hydra
+    from hydra.utils import to_absolute_path
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path="../configs", config_name="collect", version_base="1.3")
+    def run(cfg: DictConfig) -> None:
+        path = collect_demos(
+            cfg.task, to_absolute_path(cfg.out), int(cfg.n_episodes), int(cfg.n_workers), int(cfg.seed)
+        )
+        print(f"store: {path}")
+
+    run()
+
+
+if __name__ == "__main__":
+    _main()
