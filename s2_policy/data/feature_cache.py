@@ -1,0 +1,247 @@
+"""Frozen-feature cache: encode every camera frame of a store once, train heads on the features.
+
+The encoder is frozen, so a frame's feature never changes; diffusion_policy-style training that re-encodes
+images every batch spends nearly all of its time in the backbone. ``ensure_feature_cache`` runs the
+encoder once over the store (all cameras of a batch in ONE ``encode_cameras`` call) and writes
+``{camera: float32 (N, F)}`` next to the store.
+
+Cache key = sha256 of: the encoder fingerprint (weights + S2 settings + preprocessing, from
+``s2_policy.encoders.fingerprint``), the camera list, and the store identity. The store identity is
+``meta/episode_ends`` plus each camera array's shape and dtype plus a hash of the first and last frame of
+every episode: appending/removing episodes or rewriting an episode's edge frames changes it, moving or
+copying the store does not (mtimes would). A rewrite that keeps lengths and touches only interior frames is
+not detected; delete the cache directory after such edits.
+
+Writing is resumable and atomic: features go to ``<key>.zarr.partial`` in batch-sized chunks, with the
+number of finished frames recorded in its attributes after each batch; an interrupted run resumes from
+there, and the finished cache is renamed into place with ``os.replace``. A file lock serialises
+concurrent writers (e.g. several training processes).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from s2_policy.data.store import ReplayStore
+
+__all__ = ["FeatureCache", "ensure_feature_cache", "store_identity"]
+
+FORMAT_VERSION = 1
+
+
+def store_identity(store: ReplayStore, cameras: Sequence[str]) -> str:
+    """Hash identifying a store's content for the cache (see the module docstring for what it covers)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(store.episode_ends, dtype=np.int64).tobytes())
+    edges = (
+        np.unique(np.concatenate([store.episode_starts, store.episode_ends - 1])) if store.n_episodes else []
+    )
+    for cam in cameras:
+        arr = store[cam]
+        h.update(json.dumps([cam, list(arr.shape[1:]), str(arr.dtype)]).encode())
+        if len(edges):
+            h.update(np.ascontiguousarray(arr.oindex[np.asarray(edges)]).tobytes())
+    return h.hexdigest()
+
+
+def _cache_key(fingerprint: str, cameras: Sequence[str], store_id: str) -> str:
+    blob = json.dumps({"v": FORMAT_VERSION, "fp": fingerprint, "cams": list(cameras), "store": store_id})
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class FeatureCache:
+    """Finished per-frame features of a store: ``get(camera) -> float32 (N_frames, F)``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        """Open a finished cache directory (as returned by :func:`ensure_feature_cache`)."""
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no feature cache at {self.path}; build one with ensure_feature_cache")
+        self._root = zarr.open_group(zarr.storage.LocalStore(self.path, read_only=True), mode="r")
+        attrs = dict(self._root.attrs)
+        if not attrs.get("complete"):
+            raise ValueError(
+                f"{self.path} is an unfinished feature cache; rerun ensure_feature_cache to finish it"
+            )
+        self.key: str = attrs["key"]
+        self.fingerprint: str = attrs["fingerprint"]
+        self.store_id: str = attrs["store_id"]
+        self.cameras: list[str] = list(attrs["cameras"])
+        self.out_dim: int = int(attrs["out_dim"])
+        self.episode_ends = np.asarray(attrs["episode_ends"], dtype=np.int64)
+        self.n_frames = int(self.episode_ends[-1]) if len(self.episode_ends) else 0
+        self._loaded: dict[str, np.ndarray] = {}
+
+    def get(self, camera: str) -> np.ndarray:
+        """All features of ``camera`` as an in-memory float32 (N, F) array (loaded on first use)."""
+        if camera not in self.cameras:
+            raise KeyError(f"camera {camera!r} is not in the feature cache (cameras: {self.cameras})")
+        if camera not in self._loaded:
+            self._loaded[camera] = np.asarray(self._root[camera][:], dtype=np.float32)
+        return self._loaded[camera]
+
+    def check_matches(self, store: ReplayStore, cameras: Sequence[str]) -> None:
+        """Raise ValueError if this cache was not computed for ``store``'s frames and ``cameras``."""
+        missing = [c for c in cameras if c not in self.cameras]
+        if missing:
+            raise ValueError(
+                f"feature cache {self.path} has no features for cameras {missing}; "
+                "rebuild it with ensure_feature_cache(..., cameras=[...]) listing them"
+            )
+        if not np.array_equal(store.episode_ends, self.episode_ends):
+            raise ValueError(
+                f"feature cache {self.path} was computed for a different store ({len(self.episode_ends)} "
+                f"episodes) than {store.path} ({store.n_episodes}); call ensure_feature_cache again"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_root"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._root = zarr.open_group(zarr.storage.LocalStore(self.path, read_only=True), mode="r")
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureCache({str(self.path)!r}, cameras={self.cameras}, "
+            f"frames={self.n_frames}, F={self.out_dim})"
+        )
+
+
+def _encoder_device(encoder: torch.nn.Module) -> torch.device:
+    p = next(iter(encoder.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def ensure_feature_cache(
+    store_path: str | os.PathLike,
+    encoder: torch.nn.Module,
+    cameras: Sequence[str],
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    fingerprint: str | None = None,
+) -> FeatureCache:
+    """Return the feature cache of ``store_path`` for ``encoder``; encode (or finish encoding) it if needed.
+
+    ``encoder`` follows the ``S2Encoder`` interface: ``out_dim`` and ``encode_cameras([imgs_cam0, ...])``
+    taking uint8 (B, H, W, 3) tensors and returning (B, K, out_dim). ``fingerprint`` defaults to
+    ``s2_policy.encoders.fingerprint(encoder)``. ``cache_dir`` defaults to ``<store_path>.features/``.
+    """
+    cameras = list(cameras)
+    if not cameras:
+        raise ValueError("ensure_feature_cache needs at least one camera name")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    store = ReplayStore.open(store_path, mode="r")
+    missing = [c for c in cameras if c not in store]
+    if missing:
+        raise ValueError(f"{store.path} has no camera array data/{missing[0]} (keys: {store.keys()})")
+    if fingerprint is None:
+        from s2_policy.encoders import fingerprint as encoder_fingerprint
+
+        fingerprint = encoder_fingerprint(encoder)
+    store_id = store_identity(store, cameras)
+    key = _cache_key(fingerprint, cameras, store_id)
+    cache_dir = Path(cache_dir) if cache_dir is not None else Path(f"{store.path}.features")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / f"{key}.zarr"
+    if final.exists():
+        return FeatureCache(final)
+    with open(cache_dir / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be writing the same cache
+        if not final.exists():
+            partial = cache_dir / f"{key}.zarr.partial"
+            _encode_into(
+                partial,
+                store,
+                encoder,
+                cameras,
+                batch_size,
+                progress,
+                {"key": key, "fingerprint": fingerprint, "store_id": store_id},
+            )
+            os.replace(partial, final)
+    (cache_dir / f"{key}.lock").unlink(missing_ok=True)
+    return FeatureCache(final)
+
+
+def _encode_into(
+    partial: Path,
+    store: ReplayStore,
+    encoder: torch.nn.Module,
+    cameras: list[str],
+    batch_size: int,
+    progress: bool,
+    ident: dict[str, str],
+) -> None:
+    """Encode frames [n_done, N) of every camera into ``partial`` (created or resumed)."""
+    n, out_dim = store.n_frames, int(encoder.out_dim)
+    root = None
+    if partial.exists():
+        try:
+            root = zarr.open_group(zarr.storage.LocalStore(partial), mode="r+")
+            ok = root.attrs.get("key") == ident["key"] and all(
+                c in root and root[c].shape == (n, out_dim) for c in cameras
+            )
+        except Exception:  # an unreadable leftover from a crash while creating it
+            ok = False
+        if not ok:
+            shutil.rmtree(partial)
+            root = None
+    if root is None:
+        root = zarr.open_group(zarr.storage.LocalStore(partial), mode="w")
+        for c in cameras:
+            root.create_array(c, shape=(n, out_dim), chunks=(batch_size, out_dim), dtype="float32")
+        root.attrs.update(
+            {
+                **ident,
+                "cameras": cameras,
+                "out_dim": out_dim,
+                "n_done": 0,
+                "complete": False,
+                "episode_ends": store.episode_ends.tolist(),
+                "store_path": str(store.path),
+            }
+        )
+    start = int(root.attrs["n_done"])
+    device = _encoder_device(encoder)
+    arrays = [store[c] for c in cameras]
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with (
+            torch.inference_mode(),
+            tqdm(total=n, initial=start, unit="frame", desc="feature cache", disable=not progress) as bar,
+        ):
+            for i in range(start, n, batch_size):
+                j = min(i + batch_size, n)
+                imgs = [torch.from_numpy(np.ascontiguousarray(a[i:j])).to(device) for a in arrays]
+                feats = encoder.encode_cameras(imgs)
+                if tuple(feats.shape) != (j - i, len(cameras), out_dim):
+                    raise ValueError(
+                        f"encoder.encode_cameras returned shape {tuple(feats.shape)}, expected "
+                        f"{(j - i, len(cameras), out_dim)} (B, cameras, out_dim)"
+                    )
+                feats = feats.float().cpu().numpy()
+                for k, c in enumerate(cameras):
+                    root[c][i:j] = feats[:, k]
+                root.attrs["n_done"] = j  # progress is recorded only after the batch is on disk
+                bar.update(j - i)
+    finally:
+        encoder.train(was_training)
+    root.attrs["complete"] = True
