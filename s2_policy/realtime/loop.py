@@ -115,6 +115,12 @@ class ControlLoop:
             self.stop_reason = reason
             self._stop.set()
 
+    def reset_clock(self, t0: float | None = None) -> None:
+        """Start the tick grid at ``t0`` (default: now) with an empty schedule and observation history."""
+        self.t0 = self.t_start = time.monotonic() if t0 is None else t0
+        self.scheduler = ActionScheduler(self.t0, self.cfg.period, self.cfg.ensemble, self.cfg.ensemble_k)
+        self._history.clear()
+
     # -- one tick -------------------------------------------------------------------------------------------
     def _new_drops(self) -> int:
         total = 0
@@ -198,8 +204,7 @@ class ControlLoop:
     def run(self) -> dict[str, Any]:
         """Tick until duration / max_steps / robot finished / stop request; returns the telemetry summary."""
         period = self.cfg.period
-        self.t0 = self.t_start = time.monotonic()
-        self.scheduler = ActionScheduler(self.t0, period, self.cfg.ensemble, self.cfg.ensemble_k)
+        self.reset_clock()
         restore = self._install_sigint()
         k = 0
         try:

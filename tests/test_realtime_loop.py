@@ -1,0 +1,224 @@
+"""Control loop, action scheduling, safety and telemetry with a real (tiny) Policy and a stand-in encoder."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from s2_policy.policies import LinearNormalizer, Policy
+from s2_policy.realtime.actions import ActionScheduler
+from s2_policy.realtime.cameras import SyntheticCamera
+from s2_policy.realtime.loop import ControlLoop, LoopConfig
+from s2_policy.realtime.robot import DryRunRobot
+from s2_policy.realtime.safety import SafetyConfig
+from s2_policy.realtime.telemetry import Telemetry
+
+CAMS = ["front", "wrist"]
+
+
+class MeanColourEncoder:
+    """Stand-in frame encoder: per-camera mean colour in [0, 1] -> features (K, 3)."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def encode(self, images):
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return torch.stack([torch.as_tensor(im).float().mean((0, 1)) / 255 for im in images])
+
+
+def make_policy(n_action_steps=4) -> Policy:
+    rng = np.random.default_rng(0)
+    norm = LinearNormalizer().fit({"state": rng.normal(size=(50, 4)), "action": rng.uniform(-1, 1, (50, 4))})
+    cfg = {"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": n_action_steps,
+           "obs_proj_dim": 16, "mlp": {"hidden_dim": 32, "n_layers": 2}}
+    torch.manual_seed(0)
+    return Policy(cfg, feature_dim=3, cameras=CAMS, state_dim=4, action_dim=4, normalizer=norm).eval()
+
+
+@pytest.fixture
+def cams():
+    c = {n: SyntheticCamera(n, 16, 16, fps=60, reconnect_s=0.02, seed=i).start() for i, n in enumerate(CAMS)}
+    deadline = time.monotonic() + 2
+    while any(x.latest() is None for x in c.values()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    yield c
+    for x in c.values():
+        x.stop()
+
+
+def _loop(cams, robot=None, encoder=None, policy=None, **cfg):
+    safety = cfg.pop("safety", {})
+    cfg.setdefault("print_every_s", 1e9)
+    lc = LoopConfig(safety=SafetyConfig(**{"stale_s": 0.1, "max_step_s": 0.2, **safety}), **cfg)
+    return ControlLoop(policy or make_policy(), encoder or MeanColourEncoder(), cams,
+                       robot or DryRunRobot(4, np.zeros(4)), lc, Telemetry(lc.period, printer=None))
+
+
+# -- action scheduling -------------------------------------------------------------------------------------
+def test_late_actions_are_dropped_by_timestamp():
+    s = ActionScheduler(t0=100.0, period=0.1)
+    chunk = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    # observation at tick 0 (t=100.0), chunk ready at t=100.35: slots 0..2 have passed
+    assert s.add_chunk(chunk, t_obs=100.0, now=100.35) == 3
+    action, _ = s.pop(100.35)
+    assert action[0] == 3
+    assert s.pop(100.45)[0][0] == 4
+    assert s.pop(100.75)[0][0] == 7  # slots 5, 6 were never popped: discarded, not replayed late
+    assert s.pop(100.85) is None and s.late_dropped == 3
+
+
+def test_newest_chunk_wins_or_chunks_are_temporally_ensembled():
+    old = np.zeros((4, 1), np.float32)
+    new = np.ones((4, 1), np.float32)
+    s = ActionScheduler(0.0, 0.1, ensemble="none")
+    s.add_chunk(old, 0.0, 0.0)
+    s.add_chunk(new, 0.1, 0.1)
+    assert s.pop(0.15)[0][0] == 1.0
+    k = 0.5
+    s = ActionScheduler(0.0, 0.1, ensemble="temporal", ensemble_k=k)
+    s.add_chunk(old, 0.0, 0.0)
+    s.add_chunk(new, 0.1, 0.1)
+    w = np.exp(-k * np.arange(2))
+    assert s.pop(0.15)[0][0] == pytest.approx(w[1] / w.sum())  # weight of the newer (second) prediction
+    with pytest.raises(ValueError, match="ensemble"):
+        ActionScheduler(0.0, 0.1, ensemble="average")
+    with pytest.raises(ValueError, match="chunk"):
+        s.add_chunk(np.zeros(4), 0.0, 0.0)
+
+
+# -- the loop ------------------------------------------------------------------------------------------------
+def test_loop_acts_at_rate_and_writes_telemetry(cams, tmp_path):
+    robot = DryRunRobot(4, np.zeros(4))
+    loop = _loop(cams, robot, rate_hz=20, max_steps=15)
+    summary = loop.run()
+    assert summary["steps"] == 15 and summary["stop_reason"] == "max_steps"
+    assert robot.actions_received == summary["actions_sent"] >= 13
+    assert summary["achieved_hz"] == pytest.approx(20, rel=0.2)
+    lat = summary["timing_ms"]["latency_ms"]
+    assert 0 < lat["p50"] < 50  # frames of a 60 fps camera + a tiny policy
+    paths = loop.telemetry.write(tmp_path / "run", {"robot": robot.stats()})
+    data = json.loads(paths["json"].read_text())
+    assert data["steps"] == 15 and data["robot"]["actions_received"] == robot.actions_received
+    assert set(data["timing_ms"]) >= {"latency_ms", "encode_ms", "policy_ms"}
+    assert len(paths["csv"].read_text().strip().splitlines()) == 16
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_stale_and_disconnected_camera_hold_then_recover(cams):
+    robot = DryRunRobot(4, np.zeros(4))
+    loop = _loop(cams, robot, rate_hz=20)
+    loop.reset_clock()
+    k = 0
+
+    def tick():
+        nonlocal k
+        rec = loop.tick(k, time.monotonic())
+        k += 1
+        return rec
+
+    assert tick().status == "act"
+    cams["front"].freeze()
+    time.sleep(0.15)
+    rec = tick()
+    assert rec.status == "hold" and "front stale" in rec.reason
+    holds = robot.holds
+    cams["front"].unfreeze()
+    time.sleep(0.05)
+    assert tick().status == "act" and robot.holds == holds
+    cams["wrist"].disconnect()
+    deadline = time.monotonic() + 2
+    while cams["wrist"].connected and time.monotonic() < deadline:
+        time.sleep(0.005)
+    rec = tick()
+    assert rec.status == "hold" and "wrist disconnected" in rec.reason
+    n = robot.actions_received
+    cams["wrist"].reconnect()
+    deadline = time.monotonic() + 2
+    while (not cams["wrist"].connected or time.monotonic() - cams["wrist"].latest().t_capture > 0.05) \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert tick().status == "act" and robot.actions_received == n + 1
+    assert loop.safety.faults == 2
+
+
+def test_recovery_waits_for_recover_after_s(cams):
+    loop = _loop(cams, rate_hz=20, safety={"recover_after_s": 0.1})
+    loop.reset_clock()
+    cams["front"].freeze()
+    time.sleep(0.15)
+    assert loop.tick(0, time.monotonic()).status == "hold"
+    cams["front"].unfreeze()
+    time.sleep(0.03)
+    rec = loop.tick(1, time.monotonic())
+    assert rec.status == "hold" and rec.reason.startswith("recovering")
+    time.sleep(0.12)
+    assert loop.tick(2, time.monotonic()).status == "act"
+
+
+def test_nan_action_and_overrun_hold_the_robot(cams):
+    policy = make_policy()
+    robot = DryRunRobot(4, np.zeros(4))
+    loop = _loop(cams, robot, policy=policy, rate_hz=20)
+    loop.reset_clock()
+    with torch.no_grad():
+        policy.core.head.net[-1].bias.fill_(float("nan"))
+    rec = loop.tick(0, time.monotonic())
+    assert rec.status == "hold" and rec.reason == "non-finite action" and robot.actions_received == 0
+
+    slow_encoder = MeanColourEncoder(delay_s=0.06)
+    slow = _loop(cams, robot, encoder=slow_encoder, rate_hz=20, safety={"max_step_s": 0.05})
+    slow.reset_clock()
+    rec = slow.tick(0, time.monotonic())
+    assert rec.status == "hold" and "overrun" in rec.reason and rec.deadline_miss
+
+
+def test_on_fault_stop_halts_robot_and_ends_run(cams):
+    robot = DryRunRobot(4, np.zeros(4))
+    cams["front"].freeze()
+    time.sleep(0.15)
+    summary = _loop(cams, robot, rate_hz=20, max_steps=50, safety={"on_fault": "stop"}).run()
+    assert summary["stop_reason"].startswith("safety stop: camera front stale")
+    assert summary["steps"] == 1 and robot._halted
+    with pytest.raises(RuntimeError, match="stopped"):
+        robot.send_action(np.zeros(4, np.float32))
+
+
+def test_sigint_stops_cleanly(cams):
+    robot = DryRunRobot(4, np.zeros(4))
+    loop = _loop(cams, robot, rate_hz=20, duration_s=10)
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    summary = loop.run()
+    assert summary["stop_reason"].startswith("interrupted")
+    assert 2 <= summary["steps"] < 40 and robot.holds >= 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_phase_lock_keeps_frames_fresh(cams):
+    fresh = {n: SyntheticCamera(n, 16, 16, fps=20, seed=i).start() for i, n in enumerate(CAMS)}
+    try:
+        time.sleep(0.1)
+        loop = _loop(fresh, rate_hz=20, max_steps=30)
+        loop.run()
+    finally:
+        for c in fresh.values():
+            c.stop()
+    ages = [r.frame_age_ms for r in loop.telemetry.records[10:]]
+    assert np.median(ages) < 20  # unlocked, a 20 fps camera's newest frame is 25 ms old on average
+
+
+def test_bad_config_is_reported():
+    with pytest.raises(ValueError, match="rate_hz"):
+        LoopConfig(rate_hz=0)
+    with pytest.raises(ValueError, match="on_fault"):
+        SafetyConfig(on_fault="panic")
+    with pytest.raises(ValueError, match="no source"):
+        ControlLoop(make_policy(), MeanColourEncoder(), {}, DryRunRobot(4, np.zeros(4)), LoopConfig())
