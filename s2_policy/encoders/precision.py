@@ -1,0 +1,43 @@
+"""Compute-precision choice for frozen backbones."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix units (AVX512-BF16 or AMX), i.e. bf16 GEMMs beat fp32."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
+    """Weight/compute dtype for ``precision`` on ``device``.
+
+    ``auto``: bf16 on CPUs with bf16 units (weights converted once: autocast would re-cast them every call),
+    bf16 on CUDA GPUs that support it, else fp16 on CUDA, else fp32.
+    """
+    device = torch.device(device)
+    if precision != "auto":
+        if precision not in _DTYPES:
+            raise ValueError(f"precision={precision!r} is not one of {['auto', *_DTYPES]}")
+        return _DTYPES[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32

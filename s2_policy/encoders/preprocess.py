@@ -1,0 +1,74 @@
+"""Image preprocessing for S2 encoders: uint8 HWC / float CHW -> normalised float CHW at the S2 input size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMALIZATION_STATS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def to_float_chw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1]; (B, 3, H, W) float passes through."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(
+            "images must be a batch: (B, H, W, 3) uint8 or (B, 3, H, W) float, "
+            f"got {getattr(images, 'shape', type(images))}"
+        )
+    if images.dtype == torch.uint8:
+        if images.shape[-1] != 3:
+            raise ValueError(f"uint8 images must be (B, H, W, 3) with 3 channels, got {tuple(images.shape)}")
+        return images.permute(0, 3, 1, 2).float().div_(255.0)
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 (0..255) or float (0..1), got dtype {images.dtype}")
+    if images.shape[1] != 3:
+        raise ValueError(f"float images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+    return images.float()
+
+
+class Preprocessor(nn.Module):
+    """Crop/resize to ``size`` (h, w) and normalise; output float32 (B, 3, h, w).
+
+    ``resize="crop"`` centre-crops to the target aspect ratio first (no distortion), ``"stretch"`` resizes
+    directly. Resizing is bilinear with antialias (camera frames are usually larger than the target).
+    """
+
+    def __init__(self, size: tuple[int, int], normalize: str = "imagenet", resize: str = "crop") -> None:
+        super().__init__()
+        if normalize not in NORMALIZATION_STATS:
+            raise ValueError(f"normalize={normalize!r} is not one of {sorted(NORMALIZATION_STATS)}")
+        if resize not in ("crop", "stretch"):
+            raise ValueError(f"resize={resize!r} is not 'crop' or 'stretch'")
+        self.size = (int(size[0]), int(size[1]))
+        self.normalize, self.resize = normalize, resize
+        mean, std = NORMALIZATION_STATS[normalize]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def settings(self) -> dict[str, Any]:
+        """What the output depends on (part of the encoder fingerprint)."""
+        return {"size": list(self.size), "normalize": self.normalize, "resize": self.resize,
+                "interpolation": "bilinear-antialias"}
+
+    def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        x = to_float_chw(images).to(self.mean.device)
+        h, w = x.shape[-2:]
+        th, tw = self.size
+        if (h, w) != (th, tw):
+            if self.resize == "crop" and h * tw != w * th:
+                # largest centred window with the target aspect ratio
+                ch, cw = (h, h * tw // th) if w * th > h * tw else (w * th // tw, w)
+                top, left = (h - ch) // 2, (w - cw) // 2
+                x = x[:, :, top : top + ch, left : left + cw]
+            if tuple(x.shape[-2:]) != (th, tw):
+                x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
