@@ -121,7 +121,12 @@ class ManipulationEnv(gym.Env):
             cam: spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
             for cam, (h, w) in self.image_sizes.items()
         }
-        obs_spaces["state"] = spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
+        # state bounds: the weld keeps the hand near the (clipped) target; fingers open at most 2 * max_finger
+        obs_spaces["state"] = spaces.Box(
+            low=np.array([-0.5, -0.5, -0.1, 0.0], np.float32),
+            high=np.array([0.5, 0.5, 0.5, 0.1], np.float32),
+            dtype=np.float32,
+        )
         self.observation_space = spaces.Dict(obs_spaces)
 
     # ----------------------------------------------------------------------------------------- task hooks

@@ -1,0 +1,101 @@
+"""Demonstration collection: valid store, resumability, failure reporting, settings checks, the command."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from s2_policy.collect import collect_demos, episode_seed
+from s2_policy.data.store import ReplayStore
+
+
+def _cfg(**over):
+    cfg = {
+        "name": "pick_cube",
+        "env_id": "s2_policy/PickCube-v0",
+        "env_kwargs": {"image_size": 32, "terminate_on_success": True},
+        "cameras": ["front", "wrist"],
+        "state_key": "state",
+        "action_key": "action",
+        "max_episode_steps": 60,
+        "dataset": "unused",
+        "n_demos": 2,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def test_collect_writes_valid_store_and_resumes(tmp_path):
+    out = tmp_path / "demos.zarr"
+    assert collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False) == out
+    store = ReplayStore.open(out)
+    assert store.n_episodes == 2 and store.keys() == ["action", "front", "state", "wrist"]
+    ep = store.get_episode(0)
+    T = len(ep["action"])
+    assert 10 < T < 60 and store.episode_ends[0] == T
+    assert ep["front"].shape == (T, 32, 32, 3) and ep["front"].dtype == np.uint8
+    assert ep["state"].shape == (T, 4) and ep["state"].dtype == np.float32
+    assert ep["action"].shape == (T, 4) and np.all(np.abs(ep["action"]) <= 1)
+    a = store.attrs
+    assert a["writer"] == "s2_policy.collect" and a["env_id"] == "s2_policy/PickCube-v0"
+    assert a["cameras"] == ["front", "wrist"] and a["control_hz"] == 10
+    assert a["action_space"]["shape"] == [4] and a["episode_seeds"] == [0, 1] and a["failed_seeds"] == []
+    first = store["front"][:]
+
+    # Resuming in 2 spawned workers adds only the missing episode, with the next seed; old data untouched.
+    collect_demos(_cfg(), out, n_episodes=3, n_workers=2, progress=False)
+    store = ReplayStore.open(out)
+    assert store.n_episodes == 3 and store.attrs["episode_seeds"] == [0, 1, 2]
+    np.testing.assert_array_equal(store["front"][: len(first)], first)
+    # Same seed -> same episode, whichever process ran it.
+    again = tmp_path / "again.zarr"
+    collect_demos(_cfg(), again, n_episodes=3, n_workers=0, progress=False)
+    np.testing.assert_array_equal(ReplayStore.open(again)["action"][:], store["action"][:])
+    # Asking for no more than it has is a no-op.
+    collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False)
+    assert ReplayStore.open(out).n_episodes == 3
+
+
+def test_collect_resumes_after_uncommitted_seed(tmp_path):
+    """A crash between recording a seed and committing its episode re-runs that seed."""
+    out = tmp_path / "d.zarr"
+    collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
+    ReplayStore.open(out, mode="a").update_attrs({"episode_seeds": [0, 1]})  # seed 1 never committed
+    collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False)
+    assert ReplayStore.open(out).attrs["episode_seeds"] == [0, 1]
+
+
+def test_failed_episodes_are_reported_not_stored(tmp_path):
+    out = tmp_path / "fail.zarr"
+    with pytest.raises(RuntimeError, match="expert is failing"):
+        collect_demos(
+            _cfg(max_episode_steps=3), out, n_episodes=2, n_workers=0, max_attempts=3, progress=False
+        )
+    store = ReplayStore.open(out)
+    assert store.n_episodes == 0 and store.attrs["failed_seeds"] == [0, 1, 2]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "d.zarr"
+    collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
+    with pytest.raises(ValueError, match="image_sizes"):
+        collect_demos(_cfg(env_kwargs={"image_size": 48}), out, n_episodes=2, n_workers=0, progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        collect_demos(_cfg(), out, n_episodes=2, n_workers=0, seed=1, progress=False)
+
+
+def test_episode_seeds_are_disjoint_across_base_seeds():
+    assert episode_seed(0, 5) == 5 and episode_seed(1, 5) == 1_000_005
+
+
+@pytest.mark.slow
+def test_collect_command(tmp_path):
+    out = tmp_path / "cmd.zarr"
+    cmd = [sys.executable, "-m", "s2_policy.collect", "task=pick_marked_cube", "n_episodes=1", "n_workers=0",
+           f"out={out}", "task.env_kwargs.image_size=24", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    store = ReplayStore.open(out)
+    assert store.n_episodes == 1 and store.attrs["env_id"] == "s2_policy/PickMarkedCube-v0"
+    assert store["front"].shape[1:] == (24, 24, 3)
