@@ -16,7 +16,7 @@ fill value (0) and is recognised as an uncommitted append.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,10 @@ class ReplayStore:
     def keys(self) -> list[str]:
         """Sorted names of the ``data/`` arrays."""
         return sorted(self.data.array_keys())
+
+    def __iter__(self) -> Iterator[str]:
+        """Iterate over the data keys (like a mapping)."""
+        return iter(self.keys())
 
     def __contains__(self, key: str) -> bool:
         return key in self.data
