@@ -141,3 +141,21 @@ def test_bad_encoder_output_and_arguments(tmp_path: Path) -> None:
         ensure_feature_cache(store.path, StandInEncoder(), ["top"], progress=False, fingerprint="x")
     with pytest.raises(ValueError, match="at least one camera"):
         ensure_feature_cache(store.path, StandInEncoder(), [], progress=False, fingerprint="x")
+
+
+def test_real_s2_encoder(tmp_path: Path) -> None:
+    """The project's S2Encoder (s2p-tiny, depth cut to 1 for speed): fingerprint keying, features match."""
+    from s2_policy.encoders import EncoderConfig, build_encoder
+
+    store = make_store(tmp_path / "s.zarr", lengths=(3, 2))
+    cfg = dict(backbone="s2p-tiny", checkpoint=None, precision="fp32", arch_kwargs={"depth": 1})
+    single = build_encoder(EncoderConfig(**cfg, scales=[1]))
+    s2 = build_encoder(EncoderConfig(**cfg, scales=[1, 2]))
+    a = ensure_feature_cache(store.path, single, CAMS, batch_size=4, progress=False)
+    b = ensure_feature_cache(store.path, s2, CAMS, batch_size=4, progress=False)
+    assert a.path != b.path and b.out_dim == s2.out_dim == 2 * single.out_dim
+    for cam in CAMS:
+        want = s2(torch.from_numpy(store[cam][:5])).numpy()
+        np.testing.assert_allclose(b.get(cam), want, rtol=1e-4, atol=1e-4)
+    ds = SequenceDataset(store.path, cameras=CAMS, horizon=2, n_obs_steps=2, n_action_steps=1, features=b)
+    assert ds[0]["obs"]["wrist"].shape == (2, s2.out_dim)

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,10 @@ def _cache_key(fingerprint: str, cameras: Sequence[str], store_id: str) -> str:
 
 
 class FeatureCache:
-    """Finished per-frame features of a store: ``get(camera) -> float32 (N_frames, F)``."""
+    """Finished per-frame features of a store: ``get(camera) -> float32 (N_frames, F)``.
+
+    (``(N_frames, tokens, F)`` for an encoder with ``pooling="tokens"``.)
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         """Open a finished cache directory (as returned by :func:`ensure_feature_cache`)."""
@@ -151,6 +155,8 @@ def ensure_feature_cache(
     missing = [c for c in cameras if c not in store]
     if missing:
         raise ValueError(f"{store.path} has no camera array data/{missing[0]} (keys: {store.keys()})")
+    if store.n_episodes == 0:
+        raise ValueError(f"{store.path} holds no complete episode: nothing to encode")
     if fingerprint is None:
         from s2_policy.encoders import fingerprint as encoder_fingerprint
 
@@ -189,14 +195,19 @@ def _encode_into(
     progress: bool,
     ident: dict[str, str],
 ) -> None:
-    """Encode frames [n_done, N) of every camera into ``partial`` (created or resumed)."""
+    """Encode frames [n_done, N) of every camera into ``partial`` (created or resumed).
+
+    Per-frame feature arrays are created from the first batch's output: (out_dim,) for pooled encoders,
+    (tokens, out_dim) for ``pooling="tokens"``. The next batch's frames are read while this one encodes.
+    """
     n, out_dim = store.n_frames, int(encoder.out_dim)
     root = None
     if partial.exists():
         try:
             root = zarr.open_group(zarr.storage.LocalStore(partial), mode="r+")
-            ok = root.attrs.get("key") == ident["key"] and all(
-                c in root and root[c].shape == (n, out_dim) for c in cameras
+            ok = root.attrs.get("key") == ident["key"] and (
+                int(root.attrs.get("n_done", 0)) == 0
+                or all(c in root and root[c].shape[0] == n for c in cameras)
             )
         except Exception:  # an unreadable leftover from a crash while creating it
             ok = False
@@ -205,40 +216,41 @@ def _encode_into(
             root = None
     if root is None:
         root = zarr.open_group(zarr.storage.LocalStore(partial), mode="w")
-        for c in cameras:
-            root.create_array(c, shape=(n, out_dim), chunks=(batch_size, out_dim), dtype="float32")
+        meta = {"cameras": cameras, "out_dim": out_dim, "n_done": 0, "complete": False}
         root.attrs.update(
-            {
-                **ident,
-                "cameras": cameras,
-                "out_dim": out_dim,
-                "n_done": 0,
-                "complete": False,
-                "episode_ends": store.episode_ends.tolist(),
-                "store_path": str(store.path),
-            }
+            {**ident, **meta, "episode_ends": store.episode_ends.tolist(), "store_path": str(store.path)}
         )
     start = int(root.attrs["n_done"])
     device = _encoder_device(encoder)
     arrays = [store[c] for c in cameras]
+
+    def read(i: int) -> list[np.ndarray]:
+        return [np.ascontiguousarray(a[i : min(i + batch_size, n)]) for a in arrays]
+
     was_training = encoder.training
     encoder.eval()
     try:
         with (
+            ThreadPoolExecutor(max_workers=1) as reader,
             torch.inference_mode(),
             tqdm(total=n, initial=start, unit="frame", desc="feature cache", disable=not progress) as bar,
         ):
+            pending = reader.submit(read, start) if start < n else None
             for i in range(start, n, batch_size):
                 j = min(i + batch_size, n)
-                imgs = [torch.from_numpy(np.ascontiguousarray(a[i:j])).to(device) for a in arrays]
-                feats = encoder.encode_cameras(imgs)
-                if tuple(feats.shape) != (j - i, len(cameras), out_dim):
+                frames = pending.result()
+                pending = reader.submit(read, j) if j < n else None
+                feats = encoder.encode_cameras([torch.from_numpy(x).to(device) for x in frames])
+                if tuple(feats.shape[:2]) != (j - i, len(cameras)) or feats.shape[-1] != out_dim:
                     raise ValueError(
                         f"encoder.encode_cameras returned shape {tuple(feats.shape)}, expected "
-                        f"{(j - i, len(cameras), out_dim)} (B, cameras, out_dim)"
+                        f"{(j - i, len(cameras))} + (..., {out_dim}) (batch, cameras, ..., out_dim)"
                     )
                 feats = feats.float().cpu().numpy()
                 for k, c in enumerate(cameras):
+                    if c not in root:
+                        shape = feats.shape[2:]
+                        root.create_array(c, shape=(n, *shape), chunks=(batch_size, *shape), dtype="float32")
                     root[c][i:j] = feats[:, k]
                 root.attrs["n_done"] = j  # progress is recorded only after the batch is on disk
                 bar.update(j - i)
