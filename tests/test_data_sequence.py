@@ -54,8 +54,9 @@ def reference_windows(arrays, lengths, episodes, horizon, n_obs, n_act):
     return out
 
 
-@pytest.mark.parametrize("zarr_format", [2, 3])
-@pytest.mark.parametrize("horizon,n_obs,n_act", [(4, 2, 2), (5, 1, 5), (3, 3, 1), (8, 2, 4), (1, 1, 1)])
+@pytest.mark.parametrize(
+    "horizon,n_obs,n_act,zarr_format", [(4, 2, 2, 2), (5, 1, 5, 3), (3, 3, 1, 2), (8, 2, 4, 3), (1, 1, 1, 3)]
+)
 def test_windows_match_reference(
     tmp_path: Path, zarr_format: int, horizon: int, n_obs: int, n_act: int
 ) -> None:
