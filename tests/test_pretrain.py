@@ -1,0 +1,262 @@
+"""MAE pre-training: model maths, learning, resumable training, MVP-format export, frames, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2_policy.pretrain.data import FrameConfig, FrameSampler, frame_views, load_or_render_frames
+from s2_policy.pretrain.mae import MAEConfig, MaskedAutoencoder, build_vit, get_2d_sincos_pos_embed
+from s2_policy.pretrain.train import export_encoder, train_mae
+
+# A very small member of the family keeps every test fast; the export tests use the real s2p-tiny shape.
+SMALL = MAEConfig(
+    arch="s2p-tiny",
+    arch_overrides={"embed_dim": 64, "depth": 2, "num_heads": 2},
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are tiny, and spinning threads only slow a shared 2-core runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _synthetic_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """Images with structure an MAE can learn: a flat background and a coloured square at a random place."""
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        frames[i] = rng.integers(60, 200, 3)
+        x, y = rng.integers(0, size - 16, 2)
+        frames[i, y : y + 16, x : x + 16] = rng.integers(0, 255, 3)
+    return frames
+
+
+def test_sincos_pos_embed_matches_mae_layout() -> None:
+    emb = get_2d_sincos_pos_embed(16, 4, cls_token=True)
+    assert emb.shape == (17, 16)
+    assert np.all(emb[0] == 0)
+    # patch (row 0, col 0): sin(0) = 0, cos(0) = 1 for both halves
+    np.testing.assert_allclose(emb[1], [0] * 4 + [1] * 4 + [0] * 4 + [1] * 4)
+    # first half encodes the column: patches in the same column share it, rows differ in the second half
+    grid = emb[1:].reshape(4, 4, 16)
+    np.testing.assert_allclose(grid[0, 2, :8], grid[3, 2, :8])
+    np.testing.assert_allclose(grid[2, 0, 8:], grid[2, 3, 8:])
+    np.testing.assert_allclose(grid[1, 0, 8], np.sin(1.0))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        get_2d_sincos_pos_embed(10, 4)
+
+
+def test_patchify_roundtrip_and_masking() -> None:
+    model = MaskedAutoencoder(SMALL)
+    x = torch.randn(3, 3, 64, 64)
+    patches = model.patchify(x)
+    assert patches.shape == (3, 64, 8 * 8 * 3)
+    torch.testing.assert_close(model.unpatchify(patches), x)
+    torch.testing.assert_close(patches[0, 1].reshape(8, 8, 3), x[0, :, 0:8, 8:16].permute(1, 2, 0))
+    kept, mask, ids_restore = model.random_masking(torch.randn(3, 64, 5), 0.75)
+    assert kept.shape == (3, 16, 5)
+    assert mask.sum(1).tolist() == [48.0] * 3
+    assert model.encoder.pos_embed.requires_grad is False
+    with pytest.raises(ValueError, match="expected images"):
+        model.patchify(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MaskedAutoencoder(MAEConfig(mask_ratio=1.0))
+    with pytest.raises(ValueError, match="unknown MAE architecture"):
+        build_vit("vit-huge")
+
+
+def test_few_mae_steps_reduce_reconstruction_loss() -> None:
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(SMALL)
+    sampler = FrameSampler(_synthetic_frames(16), batch_size=16, crop_scale=(1.0, 1.0))
+    imgs = sampler.sample()
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return model(imgs, generator=torch.Generator().manual_seed(123))[0].item()
+
+    before = eval_loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(40):
+        loss, _, _ = model(imgs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.7 * before, (before, after)
+
+
+def _train(out: Path, crash_at: int | None = None) -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(SMALL)
+    sampler = FrameSampler(_synthetic_frames(32), batch_size=8, seed=3)
+    if crash_at is not None:
+        calls = {"n": 0}
+        sample = sampler.sample
+
+        def crashing_sample() -> torch.Tensor:
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise KeyboardInterrupt
+            return sample()
+
+        sampler.sample = crashing_sample
+    train_mae(
+        model,
+        sampler,
+        out,
+        steps=6,
+        lr=1e-3,
+        warmup_steps=2,
+        amp=False,
+        seed=5,
+        ckpt_every=2,
+        log_every=1,
+        progress=False,
+    )
+    return model
+
+
+def test_training_resumes_bit_exactly_after_a_crash(tmp_path: Path) -> None:
+    reference = _train(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "crash", crash_at=4)  # dies during step 4: the state of step 2 is on disk
+    state = torch.load(tmp_path / "crash" / "train_state.pt", weights_only=False)
+    assert state["step"] == 2
+    resumed = _train(tmp_path / "crash")
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    log = (tmp_path / "crash" / "loss.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
+    with pytest.raises(ValueError, match="same train.steps"):
+        train_mae(MaskedAutoencoder(SMALL), FrameSampler(_synthetic_frames(8), 4), tmp_path / "ref", steps=9)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_export_loads_strictly_with_identical_features(tmp_path: Path, dtype: str) -> None:
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(MAEConfig(arch="s2p-tiny"))
+    path = export_encoder(model, tmp_path / "enc.pth", dtype=dtype, meta={"steps": 0})
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    sd = obj["model"]
+    assert not any(k.startswith(("decoder", "mask_token")) for k in sd)
+    assert {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "blocks.5.attn.qkv.bias",
+        "norm.weight",
+    } <= set(sd)
+    assert sd["pos_embed"].shape == (1, 65, 192)
+    vit = build_vit("s2p-tiny")
+    vit.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = model.encoder.forward_features(x), vit.forward_features(x)
+    if dtype == "fp32":
+        torch.testing.assert_close(theirs, ours, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-2)
+
+
+def test_export_through_the_project_mvp_loader(tmp_path: Path) -> None:
+    encoders = pytest.importorskip("s2_policy.encoders")
+    if not hasattr(encoders, "build_encoder"):
+        pytest.skip("s2_policy.encoders.build_encoder not available yet")
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(MAEConfig(arch="s2p-tiny"))
+    path = export_encoder(model, tmp_path / "enc.pth", dtype="fp32")
+    enc = encoders.build_encoder(
+        encoders.EncoderConfig(backbone="s2p-tiny", checkpoint=str(path), precision="fp32")
+    )
+    loaded = {k: v for k, v in enc.state_dict().items() if k.endswith(tuple(model.encoder.state_dict()))}
+    own = model.encoder.state_dict()
+    matched = 0
+    for k, v in loaded.items():
+        name = next(n for n in own if k == n or k.endswith("." + n))
+        torch.testing.assert_close(v.float(), own[name], rtol=0, atol=0, msg=k)
+        matched += 1
+    assert matched == len(own)
+
+
+def test_frame_views_and_sampler() -> None:
+    frame = np.arange(128 * 128 * 3, dtype=np.uint32).reshape(128, 128, 3).astype(np.uint8)
+    views = frame_views(frame, 64, 4, np.random.default_rng(0))
+    assert len(views) == 5 and all(v.shape == (64, 64, 3) for v in views)
+    tiles = {v.tobytes() for v in views[1:]}
+    quadrants = {frame[i : i + 64, j : j + 64].tobytes() for i in (0, 64) for j in (0, 64)}
+    assert tiles == quadrants
+    frames = _synthetic_frames(10)
+    a = FrameSampler(frames, 4, seed=1).sample()
+    b = FrameSampler(frames, 4, seed=1).sample()
+    assert a.shape == (4, 3, 64, 64) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="batch_size"):
+        FrameSampler(frames, 11)
+    with pytest.raises(ValueError, match="normalize"):
+        FrameSampler(frames, 2, normalize="clip")
+    with pytest.raises(ValueError, match="multiple of out_size"):
+        FrameConfig(render_size=100).validate()
+
+
+@pytest.mark.slow
+def test_frames_render_from_envs_and_cache(tmp_path: Path) -> None:
+    pytest.importorskip("envs")
+    cfg = FrameConfig(
+        tasks=["s2_policy/PickCube-v0"],
+        random_episodes=1,
+        expert_episodes=1,
+        max_steps=4,
+        stride=2,
+        tiles_per_frame=1,
+    )
+    frames = load_or_render_frames(cfg, tmp_path / "frames.npy", progress=False)
+    # 2 episodes x 2 kept states x 2 cameras x (whole frame + 1 tile)
+    assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
+    assert frames.std() > 5  # real renders, not blank images
+    again = load_or_render_frames(cfg, tmp_path / "frames.npy", progress=False)
+    assert isinstance(again, np.memmap) and np.array_equal(frames, again)
+
+
+@pytest.mark.slow
+def test_cli_config_runs_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("envs")
+    from hydra import compose, initialize_config_dir
+
+    from s2_policy.pretrain.train import run_pretraining
+
+    config_dir = Path(__file__).resolve().parents[1] / "configs"
+    overrides = [
+        f"out_dir={tmp_path}",
+        f"data.cache={tmp_path}/frames.npy",
+        "data.tasks=[s2_policy/PickCube-v0]",
+        "data.random_episodes=1",
+        "data.expert_episodes=1",
+        "data.max_steps=6",
+        "train.steps=3",
+        "train.batch_size=4",
+        "train.log_every=1",
+        "train.threads=1",
+        "figures.n_reconstructions=2",
+        "+model.arch_overrides.embed_dim=64",
+        "+model.arch_overrides.depth=1",
+        "+model.arch_overrides.num_heads=2",
+        "model.decoder_depth=1",
+    ]
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=overrides)
+    path = run_pretraining(cfg)
+    obj = torch.load(path, weights_only=True)
+    assert obj["model"]["pos_embed"].dtype == torch.float16 and obj["meta"]["steps"] == 3
+    assert (tmp_path / "mae_loss.png").stat().st_size > 0
+    assert (tmp_path / "mae_reconstructions.png").stat().st_size > 0
