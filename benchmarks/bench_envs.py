@@ -5,7 +5,8 @@
 
 Throughput: env steps/s (10 Hz control, 25 physics substeps per step) of PickCube with random actions, without
 rendering, with 1 and 2 cameras at 128 and 448 px, single env and an AsyncVectorEnv of 2 spawned workers, plus
-the cost of turning shadows and 4x multisampling on. Each row is the median of ``--repeats`` timed runs.
+the cost of turning shadows and 4x multisampling on. Each row is the median of ``--repeats`` timed runs; the
+repeats cycle through all rows so that load changes on a shared machine affect every row alike.
 """
 
 from __future__ import annotations
@@ -63,20 +64,24 @@ def throughput(repeats: int, n_steps: int) -> None:
         ("vector x2", ("front", "wrist"), 128, False),
         ("vector x2", ("front", "wrist"), 448, False),
     ]
-    results = []
-    for mode, cams, size, fancy in tqdm(rows, desc="throughput"):
-        steps = n_steps if size == 128 else max(20, n_steps // 4)
+    runners = []  # every config stays alive; repeats run round-robin so load changes hit all rows alike
+    for mode, cams, size, fancy in rows:
+        steps = max(10, n_steps // 20) if fancy else n_steps if size == 128 else max(20, n_steps // 4)
         if mode == "single":
             env = _make(cams, size, fancy)
-            _time_single(env, 5, rng)  # warm-up: GL context, first renders
-            rates = [_time_single(env, steps, rng) for _ in range(repeats)]
-            env.close()
+            runners.append((env, lambda n, e=env: _time_single(e, n, rng), steps))
         else:
             vec = gym.vector.AsyncVectorEnv([lambda c=cams, s=size: _make(c, s)] * 2, context="spawn")
-            _time_vector(vec, 5, rng)
-            rates = [_time_vector(vec, steps, rng) for _ in range(repeats)]
-            vec.close()
-        results.append((mode, cams, size, fancy, statistics.median(rates)))
+            runners.append((vec, lambda n, v=vec: _time_vector(v, n, rng), steps))
+    rates: list[list[float]] = [[] for _ in rows]
+    for _, run, _ in runners:
+        run(5)  # warm-up: GL contexts, first renders
+    for _ in tqdm(range(repeats), desc="throughput repeats"):
+        for i, (_, run, steps) in enumerate(runners):
+            rates[i].append(run(steps))
+    for env, _, _ in runners:
+        env.close()
+    results = [(*row, statistics.median(r)) for row, r in zip(rows, rates, strict=True)]
     base = results[0][4]
     print("\n| mode | cameras | px | render | steps/s (median) | x no-render single |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -114,8 +119,8 @@ def expert_success(n_episodes: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=200, help="timed steps per run at 128 px (448 px: 1/4)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=100, help="timed steps per run (128 px; 448: 1/4)")
     ap.add_argument("--expert-episodes", type=int, default=100)
     args = ap.parse_args()
     throughput(args.repeats, args.steps)
