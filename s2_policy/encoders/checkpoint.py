@@ -79,7 +79,10 @@ def load_backbone_weights(
     """
     sd = {k: v for k, v in state_dict.items() if not k.startswith(_DROPPED_PREFIXES)}
     own = model.state_dict()
-    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+    pos, own_pos = sd.get("pos_embed"), own.get("pos_embed")
+    if pos is not None and own_pos is not None and pos.shape[-1] == own_pos.shape[-1] != 0 and (
+        pos.shape != own_pos.shape
+    ):
         sd["pos_embed"] = _resample_pos_embed(model, sd["pos_embed"], own["pos_embed"], source)
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -107,7 +110,7 @@ def _resample_pos_embed(model: nn.Module, pos: torch.Tensor, own: torch.Tensor, 
     n_prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
     old_n, new_n = pos.shape[1] - n_prefix, own.shape[1] - n_prefix
     old_side, new_grid = int(round(old_n**0.5)), model.patch_embed.grid_size
-    if pos.dim() != 3 or old_side * old_side != old_n or pos.shape[2] != own.shape[2]:
+    if pos.dim() != 3 or old_side * old_side != old_n:
         raise ValueError(f"{source}: pos_embed {tuple(pos.shape)} cannot be resampled to {tuple(own.shape)}")
     warnings.warn(
         f"{source}: resampling pos_embed from a {old_side}x{old_side} grid to {new_grid[0]}x{new_grid[1]} "
