@@ -98,7 +98,8 @@ def test_wrong_architecture_names_shape_mismatches(tmp_path, reference):
     torch.save({"model": _mvp_state(reference)}, path)
     cfg = EncoderConfig(backbone="vitb-mae-egosoup", checkpoint=str(path), precision="fp32",
                         arch_kwargs={"depth": 2})
-    with pytest.raises(ValueError, match=r"shape mismatches \[blocks\.0\.attn\.proj\.bias: checkpoint \(384,\) vs model \(768,\)"):
+    match = r"shape mismatches \[blocks\.0\.attn\.proj\.bias: checkpoint \(384,\) vs model \(768,\)"
+    with pytest.raises(ValueError, match=match):
         build_encoder(cfg)
 
 
