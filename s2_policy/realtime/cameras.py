@@ -374,12 +374,27 @@ class SimCamera(CameraSource):
         self._set_connected(False, reason)
 
 
-def make_camera(spec: dict) -> CameraSource:
-    """Build a camera from a config mapping: ``{name, type: opencv | video | synthetic, ...kwargs}``.
+def parse_camera_spec(spec: str) -> dict:
+    """``"name:type[:arg]"`` -> mapping: ``front:opencv:0``, ``w:video:/data/w.mp4``, ``a:synthetic:30``."""
+    parts = spec.split(":", 2)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ValueError(f"camera spec {spec!r} must look like name:type[:arg], e.g. front:opencv:0, "
+                         "wrist:video:/path/clip.mp4 or front:synthetic:30")
+    out: dict = {"name": parts[0], "type": parts[1]}
+    if len(parts) == 3:
+        key = {"opencv": "device", "video": "path", "synthetic": "fps"}.get(parts[1])
+        if key is None:
+            raise ValueError(f"camera spec {spec!r}: type {parts[1]!r} takes no ':arg'")
+        out[key] = float(parts[2]) if key == "fps" else parts[2]
+    return out
+
+
+def make_camera(spec: dict | str) -> CameraSource:
+    """Build a camera from ``"name:type[:arg]"`` or ``{name, type: opencv | video | synthetic, ...kwargs}``.
 
     ``sim`` cameras are not built here: they belong to the simulated robot (``SimRobot.cameras``).
     """
-    spec = dict(spec)
+    spec = parse_camera_spec(spec) if isinstance(spec, str) else dict(spec)
     kind = spec.pop("type", None)
     name = spec.pop("name", None)
     if not name:

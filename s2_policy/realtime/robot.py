@@ -87,22 +87,24 @@ class SimRobot(Robot):
     """A gymnasium environment stepped in real time on its own thread, publishing its cameras.
 
     ``make_env`` builds the environment inside the simulator thread (an EGL rendering context belongs to the
-    thread that created it). Actions follow the project's env contract: end-effector deltas then the gripper
+    thread that created it). ``control_hz`` defaults to the env's own ``control_hz`` attribute, the rate its
+    demonstrations were recorded at (and so the spacing of the policy's action chunks).
+    Actions follow the project's env contract: end-effector deltas then the gripper
     command in the last dimension, so the hold action is zero motion with the gripper kept as last commanded.
     ``n_episodes`` (optional) makes :meth:`finished` true after that many episodes; episodes that end are
     reset automatically with seeds ``seed, seed + 1, ...``.
     """
 
-    def __init__(self, make_env: Callable[[], Any], cameras: Sequence[str], control_hz: float,
+    def __init__(self, make_env: Callable[[], Any], cameras: Sequence[str], control_hz: float | None = None,
                  seed: int = 0, n_episodes: int | None = None, state_key: str = "state") -> None:
-        if control_hz <= 0:
-            raise ValueError(f"control_hz must be > 0, got {control_hz}")
+        if control_hz is not None and control_hz <= 0:
+            raise ValueError(f"control_hz must be > 0 (or None: the env's own control_hz), got {control_hz}")
         if not cameras:
             raise ValueError("SimRobot needs at least one camera name (e.g. ['front', 'wrist'])")
         self._make_env = make_env
         self.camera_names = list(cameras)
         self.cameras: dict[str, SimCamera] = {c: SimCamera(c) for c in self.camera_names}
-        self.period = 1.0 / control_hz
+        self.control_hz = control_hz
         self.seed = seed
         self.n_episodes = n_episodes
         self.state_key = state_key
@@ -122,7 +124,8 @@ class SimRobot(Robot):
         self.overruns = 0
 
     @classmethod
-    def from_env_id(cls, env_id: str, cameras: Sequence[str], control_hz: float, image_size: Any = None,
+    def from_env_id(cls, env_id: str, cameras: Sequence[str], control_hz: float | None = None,
+                    image_size: Any = None,
                     env_kwargs: dict | None = None, seed: int = 0, n_episodes: int | None = None,
                     max_episode_steps: int | None = None) -> SimRobot:
         """A SimRobot over a registered gymnasium id (``import envs`` registers the project's tasks)."""
@@ -223,12 +226,17 @@ class SimRobot(Robot):
         try:
             env = self._make_env()
             self.action_dim = int(np.prod(env.action_space.shape))
+            if self.control_hz is None:
+                self.control_hz = float(getattr(env.unwrapped, "control_hz", 0) or 0)
+                if self.control_hz <= 0:
+                    raise ValueError("the env has no control_hz attribute: pass SimRobot(control_hz=...)")
+            period = 1.0 / self.control_hz
             obs, _ = env.reset(seed=self.seed)
             self._publish(obs, 0)
             self._ready.set()
             next_t = time.monotonic()
             while not self._stop.is_set():
-                next_t += self.period
+                next_t += period
                 delay = next_t - time.monotonic()
                 if delay < 0:
                     self.overruns += 1

@@ -1,0 +1,145 @@
+"""Assemble and run the real-time loop from a config (``configs/realtime.yaml``): policy, encoder, cameras,
+robot, tile batcher, loop, telemetry files."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2_policy.realtime.batcher import TileBatcher
+from s2_policy.realtime.cameras import CameraSource, make_camera
+from s2_policy.realtime.loop import ControlLoop, LoopConfig
+from s2_policy.realtime.robot import DryRunRobot, Robot, SimRobot
+from s2_policy.realtime.safety import SafetyConfig
+from s2_policy.realtime.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | None = None):
+    """``Policy.load`` + its encoder rebuilt on ``device`` (optionally at another precision; the fingerprint,
+    which ignores numerics, is still verified)."""
+    from s2_policy.encoders import build_encoder_from_identity
+    from s2_policy.policies import Policy
+
+    policy = Policy.load(checkpoint, device=device, load_encoder=False)
+    if policy.encoder_identity is None:
+        raise ValueError(f"{checkpoint} stores no encoder identity; the real-time loop needs its encoder")
+    overrides: dict[str, Any] = {"device": device}
+    if precision:
+        overrides["precision"] = precision
+    policy.attach_encoder(build_encoder_from_identity(dict(policy.encoder_identity), **overrides))
+    return policy.eval()
+
+
+def _task(cfg: Mapping, policy: Any) -> Mapping:
+    task = cfg.get("task") or policy.meta.get("task")
+    if not task or "env_id" not in task:
+        raise ValueError("robot=sim needs a task: pass task=<name> (configs/task/) or use a checkpoint whose "
+                         "meta stores its task config")
+    return task
+
+
+def build_robot(cfg: Mapping, policy: Any) -> tuple[Robot, dict[str, CameraSource]]:
+    """The robot and the cameras the policy will see (the simulator's own cameras for ``robot=sim``)."""
+    kind = cfg.get("robot", "sim")
+    specs = list(cfg.get("cameras") or [])
+    if kind == "sim":
+        if specs:
+            raise ValueError("robot=sim renders its own cameras: leave cameras=[] (or use robot=dry_run)")
+        task, sim = _task(cfg, policy), dict(cfg.get("sim") or {})
+        env_kwargs = dict(task.get("env_kwargs") or {})
+        image_size = sim.get("image_size") or env_kwargs.pop("image_size", None)
+        env_kwargs.pop("image_size", None)
+        robot = SimRobot.from_env_id(
+            task["env_id"], policy.cameras, control_hz=(cfg.get("loop") or {}).get("rate_hz"),
+            image_size=image_size, env_kwargs=env_kwargs, seed=int(sim.get("seed", 0)),
+            n_episodes=sim.get("n_episodes"),
+            max_episode_steps=sim.get("max_episode_steps") or task.get("max_episode_steps"))
+        return robot, dict(robot.cameras)
+    if not specs:
+        raise ValueError(f"robot={kind} needs live cameras, e.g. cameras=[front:opencv:0,wrist:opencv:2]")
+    cameras = {c.name: c for c in (make_camera(s) for s in specs)}
+    if kind == "dry_run":
+        state = (cfg.get("dry_run") or {}).get("state")
+        state = np.zeros(policy.state_dim, np.float32) if state is None else np.asarray(state, np.float32)
+        if state.shape != (policy.state_dim,):
+            raise ValueError(f"dry_run.state must have {policy.state_dim} values, got {state.shape}")
+        return DryRunRobot(policy.action_dim, state), cameras
+    if ":" not in str(kind):
+        raise ValueError(f"robot={kind!r}: use sim, dry_run or package.module:RobotClass")
+    module, _, name = str(kind).partition(":")
+    robot_cls = getattr(importlib.import_module(module), name)
+    robot = robot_cls(**dict(cfg.get("robot_kwargs") or {}))
+    if not isinstance(robot, Robot):
+        raise ValueError(f"{kind} does not implement s2_policy.realtime.robot.Robot")
+    return robot, cameras
+
+
+def _wait_for_frames(cameras: Mapping[str, CameraSource], timeout_s: float) -> dict[str, tuple[int, int]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        frames = {n: c.latest() for n, c in cameras.items()}
+        if all(f is not None for f in frames.values()):
+            return {n: tuple(f.image.shape[:2]) for n, f in frames.items()}
+        time.sleep(0.01)
+    missing = [n for n, c in cameras.items() if c.latest() is None]
+    errors = {n: cameras[n].error for n in missing}
+    raise RuntimeError(f"no frame from cameras {missing} within {timeout_s} s (errors: {errors})")
+
+
+def run_realtime(cfg: Mapping, out_dir: str | Path) -> dict[str, Any]:
+    """Run the loop described by ``cfg`` until it stops; write telemetry to ``out_dir``; return a summary."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    policy = load_policy(cfg["checkpoint"], str(cfg.get("device", "cpu")), cfg.get("precision"))
+    robot, cameras = build_robot(cfg, policy)
+    missing = [c for c in policy.cameras if c not in cameras]
+    if missing:
+        raise ValueError(f"the policy was trained on cameras {policy.cameras}; missing sources for {missing}")
+    started: list[CameraSource] = []
+    try:
+        for cam in cameras.values():
+            started.append(cam.start())
+        robot.start()
+        shapes = _wait_for_frames(cameras, float(cfg.get("camera_timeout_s", 10.0)))
+        batch_cfg = dict(cfg.get("batcher") or {})
+        batcher = TileBatcher(policy.encoder, [shapes[c] for c in policy.cameras],
+                              cuda_graph=bool(batch_cfg.get("cuda_graph", False)),
+                              warmup=int(batch_cfg.get("warmup", 2)))
+        loop_cfg = dict(cfg.get("loop") or {})
+        if loop_cfg.get("rate_hz") is None:
+            loop_cfg["rate_hz"] = getattr(robot, "control_hz", None) or policy.meta.get("control_hz")
+            if not loop_cfg["rate_hz"]:
+                raise ValueError("set loop.rate_hz (the rate the policy's demonstrations were recorded at)")
+        if loop_cfg.get("print_every_s") is None:
+            loop_cfg["print_every_s"] = float("inf")
+        lc = LoopConfig(**loop_cfg, safety=SafetyConfig(**dict(cfg.get("safety") or {})))
+        log.info("realtime: %d cameras %s, %d S2 tiles per step, %.1f Hz, robot=%s", len(cameras),
+                 {n: shapes[n] for n in policy.cameras}, batcher.n_tiles, lc.rate_hz, cfg.get("robot"))
+        loop = ControlLoop(policy, batcher, cameras, robot, lc, Telemetry(lc.period, lc.print_every_s))
+        summary = loop.run()
+    finally:
+        robot.close()
+        for cam in started:
+            cam.stop()
+    extra = {"stop_reason": loop.stop_reason, "robot": robot.stats(),
+             "cameras": {n: c.stats() for n, c in cameras.items()},
+             "encoder": {"backbone": policy.encoder.config.backbone, "img_sizes": policy.encoder.img_sizes,
+                         "tiles_per_step": batcher.n_tiles, "dtype": str(policy.encoder.compute_dtype),
+                         "device": str(policy.encoder.device)},
+             "policy": {"head": policy.config["head"], "n_obs_steps": policy.n_obs_steps,
+                        "n_action_steps": policy.n_action_steps},
+             "torch_threads": torch.get_num_threads()}
+    paths = loop.telemetry.write(out_dir, extra)
+    summary = {**summary, **extra, "files": {k: str(v) for k, v in paths.items()}}
+    print(loop.telemetry.live_line(loop.telemetry.records))
+    print(f"telemetry: {paths['json']} {paths['csv']}")
+    return summary
