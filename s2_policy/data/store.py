@@ -85,6 +85,7 @@ class ReplayStore:
         self.data: zarr.Group = root["data"]
         self.meta: zarr.Group = root["meta"]
         self._ends_arr: zarr.Array = self.meta["episode_ends"]
+        self._arrays: dict[str, zarr.Array] = {}
         self._episode_ends = self._read_committed_ends()
         if validate:
             self.validate()
@@ -218,10 +219,17 @@ class ReplayStore:
         return key in self.data
 
     def __getitem__(self, key: str) -> zarr.Array:
-        """The zarr array ``data/<key>`` (may hold uncommitted frames past :attr:`n_frames`)."""
-        if key not in self.data:
-            raise KeyError(f"no array data/{key} in {self.path}; keys: {self.keys()}")
-        return self.data[key]
+        """The zarr array ``data/<key>`` (may hold uncommitted frames past :attr:`n_frames`).
+
+        Handles are cached: opening an array reads its metadata, which would otherwise cost more than
+        decoding the frame a sampler wants.
+        """
+        arr = self._arrays.get(key)
+        if arr is None:
+            if key not in self.data:
+                raise KeyError(f"no array data/{key} in {self.path}; keys: {self.keys()}")
+            arr = self._arrays[key] = self.data[key]
+        return arr
 
     def __len__(self) -> int:
         return self.n_episodes
@@ -346,6 +354,7 @@ class ReplayStore:
             for k in existing:
                 if k not in ep:
                     del self.data[k]
+                    self._arrays.pop(k, None)
         for k, v in ep.items():
             arr = self._array_for(k, v) if not self.n_episodes else self[k]
             arr.resize((start + T, *arr.shape[1:]))
@@ -363,7 +372,7 @@ class ReplayStore:
         image = is_image_array(v.shape)
         frames = settings["image_chunk_frames"] if image else settings["lowdim_chunk_frames"]
         dtype = np.float32 if v.dtype == np.float64 else v.dtype
-        return self.data.create_array(
+        self._arrays[key] = self.data.create_array(
             key,
             shape=(0, *v.shape[1:]),
             dtype=dtype,
@@ -371,6 +380,7 @@ class ReplayStore:
             overwrite=True,
             compressors=_compressor(settings["image_codec"], fmt, image, np.dtype(dtype).itemsize),
         )
+        return self._arrays[key]
 
     def update_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Merge ``attrs`` into the root attributes (JSON-able values)."""
