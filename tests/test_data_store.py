@@ -128,7 +128,10 @@ def test_partial_episode_ignored_and_overwritten(tmp_path: Path) -> None:
     s["state"].resize((7, 3))
     r = ReplayStore.open(p)
     assert r.n_episodes == 1 and r.n_frames == 4
+    leftover = p / "data" / "front" / "c" / "5" / "0" / "0" / "0.0123abcd.partial"  # a killed file write
+    leftover.write_bytes(b"torn")
     a = ReplayStore.open(p, mode="a")
+    assert not leftover.exists()
     a.add_episode(make_episode(1, 3))
     r = ReplayStore.open(p)
     assert r.n_frames == 7 and all(r[k].shape[0] == 7 for k in ("front", "state", "action"))

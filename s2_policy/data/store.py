@@ -151,6 +151,8 @@ class ReplayStore:
             root = zarr.open_group(store, mode="r" if mode == "r" else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise ValueError(f"{path} is not a zarr group: not a demonstration store") from e
+        if mode == "a":
+            _remove_partial_files(path)
         return cls(root, path, mode, validate=validate)
 
     @classmethod
@@ -393,6 +395,12 @@ class ReplayStore:
             f"ReplayStore({str(self.path)!r}, episodes={self.n_episodes}, frames={self.n_frames}, "
             f"keys={self.keys()})"
         )
+
+
+def _remove_partial_files(path: Path) -> None:
+    """Delete temp files (``*.partial``) that zarr's atomic file writes leave when a writer is killed."""
+    for f in path.rglob("*.partial"):
+        f.unlink(missing_ok=True)
 
 
 def _check_finite(key: str, x: np.ndarray, where: str) -> None:
