@@ -1,0 +1,152 @@
+"""Policies: normaliser, heads (overfit a tiny dataset), Policy checkpoint round trip and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from s2_policy.policies import DiffusionHead, LinearNormalizer, MLPHead, Policy
+from s2_policy.policies.unet1d import ConditionalUnet1D
+
+CAMS = ["front", "wrist"]
+torch.set_num_threads(1)   # tiny models: one thread is ~20x faster than two on a busy 2-core machine
+
+
+def _normalizer(d: int = 4, a: int = 4) -> LinearNormalizer:
+    rng = np.random.default_rng(0)
+    return LinearNormalizer().fit({"state": rng.normal(size=(200, d)),
+                                   "action": rng.uniform(-2, 3, (200, a))})
+
+
+def test_normalizer_limits_roundtrip_and_constant_dims():
+    x = np.stack([np.linspace(-3, 5, 50), np.full(50, 7.0)], axis=1)
+    n = LinearNormalizer().fit({"action": x}, mode="limits")
+    y = n.normalize("action", x)
+    assert isinstance(y, np.ndarray)
+    np.testing.assert_allclose(y[:, 0].min(), -1, atol=1e-6)
+    np.testing.assert_allclose(y[:, 0].max(), 1, atol=1e-6)
+    np.testing.assert_allclose(y[:, 1], 0, atol=1e-6)             # constant dim is centred, not blown up
+    np.testing.assert_allclose(n.unnormalize("action", y), x, atol=1e-5)
+    t = n.normalize("action", torch.as_tensor(x, dtype=torch.float32))
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_allclose(t.numpy(), y, atol=1e-6)
+
+
+def test_normalizer_gaussian_and_state_dict():
+    x = np.random.default_rng(1).normal(3, 2, size=(1000, 3))
+    n = LinearNormalizer().fit({"state": x}, mode="gaussian")
+    y = n.normalize("state", x)
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1, atol=1e-4)
+    m = LinearNormalizer()
+    m.load_state_dict(n.state_dict())
+    np.testing.assert_allclose(m.normalize("state", x), y)
+
+
+def test_normalizer_errors():
+    with pytest.raises(ValueError, match="mode"):
+        LinearNormalizer().fit({"a": np.zeros((3, 2))}, mode="minmax")
+    with pytest.raises(ValueError, match="NaN"):
+        LinearNormalizer().fit({"a": np.array([[np.nan, 1.0]])})
+    n = LinearNormalizer().fit({"a": np.zeros((3, 2))})
+    with pytest.raises(KeyError, match="no statistics"):
+        n.normalize("b", np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="last dimension"):
+        n.normalize("a", np.zeros((1, 3)))
+
+
+def _overfit(head: torch.nn.Module, cond: torch.Tensor, target: torch.Tensor, steps: int, lr: float) -> None:
+    opt = torch.optim.AdamW(head.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = head.compute_loss(cond, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("loss", ["l2", "l1"])
+def test_mlp_head_overfits(loss):
+    torch.manual_seed(0)
+    cond, target = torch.randn(16, 24), torch.rand(16, 8, 3) * 2 - 1
+    head = MLPHead(24, 3, 8, hidden_dim=128, n_layers=2, loss=loss)
+    _overfit(head, cond, target, 400, 3e-3)
+    assert (head.predict(cond) - target).abs().mean() < 0.05
+
+
+def test_diffusion_head_overfits():
+    torch.manual_seed(0)
+    cond, target = torch.randn(4, 16), torch.rand(4, 8, 2) * 1.6 - 0.8
+    head = DiffusionHead(16, 2, 8, down_dims=(32,), step_embed_dim=16, num_train_timesteps=50,
+                         num_inference_steps=10)
+    _overfit(head, cond.repeat(16, 1), target.repeat(16, 1, 1), 200, 3e-3)   # many noise levels per step
+    pred = head.predict(cond, generator=torch.Generator().manual_seed(0))
+    assert pred.shape == target.shape
+    assert (pred - target).abs().mean() < 0.1
+
+
+def test_unet_shapes_and_horizon_check():
+    net = ConditionalUnet1D(action_dim=3, cond_dim=5, down_dims=(16, 32, 64), n_groups=8, step_embed_dim=16)
+    out = net(torch.randn(2, 16, 3), torch.tensor([1, 7]), torch.randn(2, 5))
+    assert out.shape == (2, 16, 3)
+    with pytest.raises(ValueError, match="divisible"):
+        net(torch.randn(2, 10, 3), 3, torch.randn(2, 5))
+    with pytest.raises(ValueError, match="divisible"):
+        DiffusionHead(5, 3, horizon=10, down_dims=(16, 32, 64))
+
+
+def _obs(b: int, f: int = 32, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"front": torch.randn(b, 2, f, generator=g), "wrist": torch.randn(b, 2, f, generator=g),
+            "state": torch.randn(b, 2, 4, generator=g)}
+
+
+@pytest.mark.parametrize("head", ["mlp", "diffusion"])
+def test_policy_save_load_identical_actions(tmp_path, head):
+    cfg = {"head": head, "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+           "diffusion": {"down_dims": [16, 32], "step_embed_dim": 16, "num_inference_steps": 4}}
+    p = Policy(cfg, 32, CAMS, 4, 4, _normalizer(), meta={"task": {"name": "x"}})
+    obs = _obs(3)
+    a1 = p.predict_action(obs, generator=torch.Generator().manual_seed(3))
+    assert a1.shape == (3, 4, 4) and a1.dtype == torch.float32
+    path = p.save(tmp_path / "sub" / "policy.pt")
+    assert not [f for f in path.parent.iterdir() if f.name != "policy.pt"]   # no temp files left behind
+    q = Policy.load(path, load_encoder=False)
+    a2 = q.predict_action(obs, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a1, a2, rtol=0, atol=0)
+    assert q.meta == {"task": {"name": "x"}} and q.config == p.config
+    assert q.trainable_parameters() == p.trainable_parameters() > 0
+
+
+def test_policy_actions_in_env_units_and_slice():
+    """The returned chunk is the un-normalised slice [n_obs_steps-1, n_obs_steps-1+n_action_steps)."""
+    n = _normalizer()
+    p = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 3}, 32, CAMS, 4, 4, n)
+    obs = _obs(2)
+    feats = p.encode_obs(obs)
+    assert feats.shape == (2, 2, 2, 32)
+    cond = p.core.condition(feats, n.normalize("state", obs["state"]))
+    chunk = p.core.head(cond)
+    want = n.unnormalize("action", chunk[:, 1:4])
+    torch.testing.assert_close(p.predict_from_features(feats, obs["state"]), want)
+
+
+def test_policy_input_errors(tmp_path):
+    n = _normalizer()
+    with pytest.raises(ValueError, match="n_action_steps"):
+        Policy({"horizon": 8, "n_obs_steps": 2, "n_action_steps": 8}, 32, CAMS, 4, 4, n)
+    with pytest.raises(ValueError, match="head"):
+        Policy({"head": "transformer"}, 32, CAMS, 4, 4, n)
+    p = Policy({"horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 32, CAMS, 4, 4, n)
+    with pytest.raises(KeyError, match="missing keys"):
+        p.predict_action({"front": torch.zeros(1, 2, 32), "state": torch.zeros(1, 2, 4)})
+    with pytest.raises(ValueError, match="encoder"):
+        img = np.zeros((1, 2, 8, 8, 3), np.uint8)
+        p.predict_action({"front": img, "wrist": img, "state": np.zeros((1, 2, 4), np.float32)})
+    with pytest.raises(ValueError, match="features have size"):
+        p.predict_action(_obs(1, f=16))
+    with pytest.raises(FileNotFoundError):
+        Policy.load(tmp_path / "nope.pt")
+    torch.save({"format": "other"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not an s2_policy policy checkpoint"):
+        Policy.load(tmp_path / "bad.pt", load_encoder=False)
