@@ -17,6 +17,7 @@ import argparse
 import time
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,10 @@ def mark_footprint(sizes: list[int], n: int = 20) -> dict[int, float]:
             mark = u.model.geom(f"mark{u.marked}")
             pos = mark.pos.copy()
             mark.pos = 0.0  # hide it inside the cube
+            mujoco.mj_forward(u.model, u.data)
             hidden = u.render_camera("front")
             mark.pos = pos
+            mujoco.mj_forward(u.model, u.data)
             counts.append(int((np.abs(shown.astype(int) - hidden.astype(int)).max(-1) > 24).sum()))
         env.close()
         out[size] = float(np.median(counts))

@@ -12,7 +12,9 @@ The robot is the same in every task, so observations and actions have the same m
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +32,18 @@ MAX_IMAGE_SIDE = 2048
 DEFAULT_IMAGE_SIZE = 128
 
 ImageSize = int | tuple[int, int] | Sequence[int]
+
+
+def _load_triton_before_gl() -> None:
+    """Import triton (if installed) before the first GL context.
+
+    Mesa's llvmpipe (the CPU renderer behind EGL here) loads LLVM; triton ships its own LLVM, and loading it
+    *after* llvmpipe segfaults the process (e.g. ``import torchvision`` or ``torch.compile`` after the first
+    render). Loaded first, both coexist.
+    """
+    gl = os.environ.get("MUJOCO_GL", "egl")
+    if gl in ("egl", "osmesa") and "triton" not in sys.modules and importlib.util.find_spec("triton"):
+        importlib.import_module("triton")
 
 
 def _parse_size(cam: str, size: Any) -> tuple[int, int]:
@@ -199,6 +213,7 @@ class ManipulationEnv(gym.Env):
         hw = size if size is not None else self.image_sizes[camera]
         renderer = self._renderers.get(hw)
         if renderer is None:
+            _load_triton_before_gl()
             renderer = self._renderers[hw] = mujoco.Renderer(self.model, height=hw[0], width=hw[1])
         renderer.update_scene(self.data, camera=camera)
         return renderer.render()

@@ -1,5 +1,8 @@
 """MuJoCo tasks: spaces, rendering, reproducibility, experts, validation errors, gymnasium checkers."""
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -184,3 +187,17 @@ def test_async_vector_env_with_spawn():
         assert reward.shape == (2,) and info["is_success"].tolist() == [False, False]
     finally:
         vec.close()
+
+
+def test_triton_import_after_rendering_does_not_crash():
+    """Mesa's llvmpipe and triton's LLVM segfault when triton loads second; envs loads it first."""
+    pytest.importorskip("triton")
+    code = (
+        "import envs, gymnasium as gym\n"
+        "env = gym.make('s2_policy/PickCube-v0', cameras=('front',), image_size=16)\n"
+        "env.reset(seed=0)\n"
+        "import triton\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-1000:]
