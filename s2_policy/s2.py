@@ -132,18 +132,20 @@ class TilingPlan:
         """Tiles per input image over all scales."""
         return sum(s.n_tiles for s in self.scales)
 
-    def tile(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def tile(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """Resize ``x`` (B, C, H, W) to every scale and cut it into tiles: one batch per tile-size group.
 
         Within a group, scales follow each other in scale order; within a scale, tile ``(i, j)`` of image
-        ``k`` sits at ``(i * nw + j) * B + k``.
+        ``k`` sits at ``(i * nw + j) * B + k``. Resizing runs in fp32 and is cast back to ``x.dtype``; tiles
+        are written straight into a buffer of ``dtype`` (default ``x.dtype``), e.g. a backbone's bf16.
         """
         b, c, h, w = x.shape
         if (h, w) != self.input_size:
             raise ValueError(f"plan was built for {self.input_size} inputs, got {(h, w)}")
         batches = []
         for (th, tw), idx in self.groups:
-            out = x.new_empty((sum(self.scales[i].n_tiles for i in idx) * b, c, th, tw))
+            rows = sum(self.scales[i].n_tiles for i in idx) * b
+            out = x.new_empty((rows, c, th, tw), dtype=dtype or x.dtype)
             offset = 0
             for i in idx:
                 s = self.scales[i]
@@ -171,12 +173,16 @@ class TilingPlan:
         return per_scale  # type: ignore[return-value]
 
     def merge_prefix(self, outs: Sequence[torch.Tensor], batch: int, num_prefix_token: int) -> torch.Tensor:
-        """Prefix tokens (B, P, C * S): averaged over each scale's tiles, concatenated over scales."""
+        """Prefix tokens (B, P, C * S): averaged over each scale's tiles, concatenated over scales.
+
+        ``outs`` may hold just the first ``num_prefix_token`` tokens of each tile (all this needs).
+        """
         if num_prefix_token <= 0:
             raise ValueError("merge_prefix needs num_prefix_token > 0")
         prefixes = []
         for s, out in zip(self.scales, self._per_scale(outs, batch), strict=True):
-            _check_tokens(out, num_prefix_token)
+            if out.dim() != 3 or out.shape[1] < num_prefix_token:
+                raise ValueError(f"need (B, N >= {num_prefix_token}, C) tokens, got {tuple(out.shape)}")
             pre = out[:, :num_prefix_token]
             prefixes.append(pre.reshape(s.n_tiles, batch, *pre.shape[1:]).mean(dim=0))
         return torch.cat(prefixes, dim=-1)

@@ -119,11 +119,11 @@ class S2Encoder(nn.Module):
     def encode_preprocessed(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (N, 3, *input_size) float32 images -> pooled features (the hot path)."""
         with torch.inference_mode():
-            outs = [self._features(t.to(self.compute_dtype)).float() for t in self.plan.tile(x)]
             n, p = x.shape[0], self.num_prefix_tokens
-            if self.config.pooling == "cls":
-                return self.plan.merge_prefix(outs, n, p)[:, 0]
-            tokens = self.plan.merge(outs, n, p, "bnc")
+            outs = [self._features(t) for t in self.plan.tile(x, self.compute_dtype)]
+            if self.config.pooling == "cls":  # only the CLS tokens leave the backbone's dtype
+                return self.plan.merge_prefix([o[:, :1].float() for o in outs], n, 1)[:, 0]
+            tokens = self.plan.merge([o.float() for o in outs], n, p, "bnc")
             if self.config.pooling == "tokens":
                 return tokens
             mean = tokens[:, p:].mean(dim=1)

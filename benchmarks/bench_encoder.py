@@ -1,0 +1,175 @@
+"""Encoder benchmark: S2Encoder (default settings) vs a straightforward fp32 per-scale S2 reference.
+
+Measures first the bf16 and fp32 GEMM peak (torch.matmul at ViT-sized shapes), then for each model and camera
+count: median latency of both, their ratio, the cosine similarity of the features, and the achieved FLOP rate
+(FLOPs counted by torch's FlopCounterMode) as a fraction of the bf16 GEMM peak. Prints markdown tables.
+
+    python benchmarks/bench_encoder.py              # ViT-B/16 [224, 448] + s2p-tiny [64, 128], 2 threads
+    python benchmarks/bench_encoder.py --models s2p-tiny --repeats 20 --ref-repeats 5
+    python benchmarks/bench_encoder.py --device cuda   # on a GPU: bf16/fp16, p50/p99
+
+Weights are random (timm ``vit_base_patch16_224`` without download): speed and fp32-vs-low-precision
+agreement do not depend on what the weights learnt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from s2_policy.encoders import EncoderConfig, S2Encoder, build_encoder, cpu_has_bf16
+
+MODELS = {
+    "vit_base_patch16_224": [224, 448],
+    "s2p-tiny": [64, 128],
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def gemm_peak(dtype: torch.dtype, device: torch.device, repeats: int) -> tuple[float, str]:
+    """Best GFLOP/s of torch.matmul over ViT-B-sized shapes (tokens x dim x hidden) and a square GEMM."""
+    shapes = [(1970, 768, 3072), (1970, 3072, 768), (1970, 768, 2304), (2048, 2048, 2048)]
+    best, best_shape = 0.0, ""
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        t = statistics.median(timeit(lambda a=a, b=b: torch.matmul(a, b), repeats, 2, device))
+        rate = 2 * m * k * n / t / 1e9
+        if rate > best:
+            best, best_shape = rate, f"{m}x{k}x{n}"
+    return best, best_shape
+
+
+def reference_features(
+    model: torch.nn.Module, x: torch.Tensor, img_sizes: list[int], tile: int
+) -> torch.Tensor:
+    """s2wrapper-style fp32 S2 with CLS pooling: per scale, resize, cut tiles (torch.cat), ONE model call."""
+    b = x.shape[0]
+    feats = []
+    for size in img_sizes:
+        xs = F.interpolate(x, size=(size, size), mode="bicubic")
+        n = math.ceil(size / tile)
+        tiles = torch.cat([xs[:, :, i * tile:(i + 1) * tile, j * tile:(j + 1) * tile]
+                           for i in range(n) for j in range(n)], dim=0)
+        cls = model.forward_features(tiles)[:, 0]
+        feats.append(torch.stack(cls.split(b, dim=0), dim=0).mean(dim=0))
+    return torch.cat(feats, dim=-1)
+
+
+def backbone_flops(encoder: S2Encoder, n_images: int) -> int:
+    """FLOPs of one backbone pass over every tile of ``n_images`` images (matmuls, convs, attention)."""
+    tiles = torch.zeros(n_images * encoder.plan.n_tiles, 3, *encoder.native_size, device=encoder.device,
+                        dtype=encoder.compute_dtype)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        encoder.backbone.forward_features(tiles)
+    return counter.get_total_flops()
+
+
+def bench_model(name: str, img_sizes: list[int], cameras: list[int], args: argparse.Namespace,
+                bf16_peak: float, device: torch.device) -> list[dict[str, object]]:
+    """Rows for one backbone: for each camera count, ours vs the fp32 per-scale reference."""
+    ours = build_encoder(EncoderConfig(backbone=name, img_sizes=img_sizes, device=str(device),
+                                       precision=args.precision, compile=args.compile))
+    ref = build_encoder(EncoderConfig(backbone=name, img_sizes=img_sizes, device=str(device),
+                                      precision="fp32"))
+    tile = ours.native_size[0]
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in cameras:
+        side = max(img_sizes)
+        frames = [torch.from_numpy(rng.integers(0, 256, (1, side, side, 3), dtype=np.uint8))
+                  for _ in range(k)]
+
+        def run_ours(frames=frames):
+            return ours.encode_cameras(frames)
+
+        def run_ref(frames=frames):
+            with torch.inference_mode():
+                x = torch.cat([ref.preprocess(f) for f in frames], dim=0)
+                return reference_features(ref.backbone, x, img_sizes, tile)
+
+        t_ours = timeit(run_ours, args.repeats, args.warmup, device)
+        t_ref = timeit(run_ref, args.ref_repeats, 1, device)
+        a = run_ours().reshape(k, -1).float()
+        r = run_ref().reshape(k, -1).float()
+        cos = F.cosine_similarity(a, r, dim=-1).min().item()
+        flops = backbone_flops(ours, k)
+        med, med_ref = statistics.median(t_ours), statistics.median(t_ref)
+        rate = flops / med / 1e9
+        rows.append({
+            "model": name, "img_sizes": img_sizes, "cameras": k, "tiles": k * ours.plan.n_tiles,
+            "dtype": str(ours.compute_dtype).replace("torch.", ""),
+            "ours_ms": med * 1e3, "p99_ms": float(np.percentile(t_ours, 99)) * 1e3, "ref_ms": med_ref * 1e3,
+            "speedup": med_ref / med, "cos": cos, "gflop": flops / 1e9, "gflops": rate,
+            "peak_frac": rate / bf16_peak,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--cameras", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of S2Encoder")
+    parser.add_argument("--ref-repeats", type=int, default=3, help="timed calls of the slow fp32 reference")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    bf16_peak, bf16_shape = gemm_peak(torch.bfloat16, device, repeats=10)
+    fp32_peak, fp32_shape = gemm_peak(torch.float32, device, repeats=5)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"\n### GEMM peak ({where}; bf16 units: {cpu_has_bf16() if device.type == 'cpu' else 'n/a'})\n")
+    print("| dtype | GFLOP/s | best shape (MxKxN) |\n| --- | ---: | --- |")
+    print(f"| bf16 | {bf16_peak:.0f} | {bf16_shape} |\n| fp32 | {fp32_peak:.0f} | {fp32_shape} |")
+
+    rows = []
+    for name in tqdm(args.models, desc="models"):
+        rows += bench_model(name, MODELS[name], args.cameras, args, bf16_peak, device)
+    print("\n### S2Encoder (default) vs fp32 per-scale reference (batch 1)\n")
+    print("| model | img_sizes | cams | tiles | dtype | ours median ms | ours p99 ms | ref fp32 median ms "
+          "| speed-up | cos | GFLOP | GFLOP/s | of bf16 peak |")
+    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['model']} | {r['img_sizes']} | {r['cameras']} | {r['tiles']} | {r['dtype']} "
+              f"| {r['ours_ms']:.1f} | {r['p99_ms']:.1f} | {r['ref_ms']:.1f} | {r['speedup']:.2f}x "
+              f"| {r['cos']:.5f} | {r['gflop']:.1f} | {r['gflops']:.0f} | {r['peak_frac']:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
