@@ -170,24 +170,23 @@ def test_export_loads_strictly_with_identical_features(tmp_path: Path, dtype: st
         torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-2)
 
 
-def test_export_through_the_project_mvp_loader(tmp_path: Path) -> None:
-    encoders = pytest.importorskip("s2_policy.encoders")
-    if not hasattr(encoders, "build_encoder"):
-        pytest.skip("s2_policy.encoders.build_encoder not available yet")
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_export_through_the_project_mvp_loader_gives_identical_features(tmp_path: Path, pooling: str) -> None:
+    from s2_policy.encoders import EncoderConfig, build_encoder
+
     torch.manual_seed(0)
     model = MaskedAutoencoder(MAEConfig(arch="s2p-tiny"))
     path = export_encoder(model, tmp_path / "enc.pth", dtype="fp32")
-    enc = encoders.build_encoder(
-        encoders.EncoderConfig(backbone="s2p-tiny", checkpoint=str(path), precision="fp32")
+    enc = build_encoder(
+        EncoderConfig(backbone="s2p-tiny", checkpoint=str(path), pooling=pooling, precision="fp32")
     )
-    loaded = {k: v for k, v in enc.state_dict().items() if k.endswith(tuple(model.encoder.state_dict()))}
-    own = model.encoder.state_dict()
-    matched = 0
-    for k, v in loaded.items():
-        name = next(n for n in own if k == n or k.endswith("." + n))
-        torch.testing.assert_close(v.float(), own[name], rtol=0, atol=0, msg=k)
-        matched += 1
-    assert matched == len(own)
+    frames = _synthetic_frames(4)
+    sampler = FrameSampler(frames, 4, normalize="imagenet")  # the encoder config's default normalisation
+    with torch.no_grad():
+        tokens = model.encoder.forward_features(sampler.to_tensor(frames))
+        ours = tokens[:, 0] if pooling == "cls" else tokens[:, 1:].mean(1)
+        theirs = enc(frames)
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
 
 
 def test_frame_views_and_sampler() -> None:
