@@ -63,7 +63,10 @@ def encode(cfg_kwargs: dict, frames: np.ndarray, batch: int = 256) -> np.ndarray
 
 
 def ridge_probe(
-    feats: np.ndarray, y: np.ndarray, split: np.ndarray, alphas: tuple[float, ...] = (1e-2, 1e-1, 1, 10, 100, 1e3)
+    feats: np.ndarray,
+    y: np.ndarray,
+    split: np.ndarray,
+    alphas: tuple[float, ...] = (1e-2, 1e-1, 1, 10, 100, 1e3),
 ) -> dict[str, float]:
     """Fit ridge on split 0, choose alpha on split 1, report on split 2 (R^2 per axis, mean error in cm)."""
     tr, va, te = (split == k for k in range(3))
@@ -99,32 +102,47 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    frames, y, episode = render_probe_set(args.episodes, args.steps, args.every, args.camera, args.size, args.seed)
+    frames, y, episode = render_probe_set(
+        args.episodes, args.steps, args.every, args.camera, args.size, args.seed
+    )
     split = np.where(episode % 5 < 3, 0, np.where(episode % 5 == 3, 1, 2))  # 60/20/20 by episode
-    print(f"{len(frames)} frames ({(split == 0).sum()}/{(split == 1).sum()}/{(split == 2).sum()} "
-          f"train/val/test) rendered in {time.perf_counter() - t0:.0f} s\n")
+    print(
+        f"{len(frames)} frames ({(split == 0).sum()}/{(split == 1).sum()}/{(split == 2).sum()} "
+        f"train/val/test) rendered in {time.perf_counter() - t0:.0f} s\n"
+    )
 
     rows = []
     for init, ckpt in (("MAE (in-domain)", args.checkpoint), ("random init", None)):
         for scales in ([1], [1, 2]):
             for pooling in ("cls", "mean"):
                 feats = encode(
-                    {"backbone": args.backbone, "checkpoint": ckpt, "scales": scales, "pooling": pooling,
-                     "precision": "fp32"},
+                    {
+                        "backbone": args.backbone,
+                        "checkpoint": ckpt,
+                        "scales": scales,
+                        "pooling": pooling,
+                        "precision": "fp32",
+                    },
                     frames,
                 )
                 res = ridge_probe(feats, y, split)
                 rows.append((init, str(scales), pooling, feats.shape[1], res))
-    print(f"Linear probe of cube position, {args.backbone}, camera `{args.camera}` ({args.size} px renders), "
-          "frozen features, ridge regression; test split\n")
+    print(
+        f"Linear probe of cube position, {args.backbone}, camera `{args.camera}` ({args.size} px renders), "
+        "frozen features, ridge regression; test split\n"
+    )
     print("| init | S2 scales | pooling | dim | R^2 x | R^2 y | R^2 z | mean error (cm) |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for init, scales, pooling, dim, r in rows:
-        print(f"| {init} | {scales} | {pooling} | {dim} | {r['r2_x']:.3f} | {r['r2_y']:.3f} | {r['r2_z']:.3f} "
-              f"| {r['err_cm']:.2f} |")
+        print(
+            f"| {init} | {scales} | {pooling} | {dim} | {r['r2_x']:.3f} | {r['r2_y']:.3f} | {r['r2_z']:.3f} "
+            f"| {r['err_cm']:.2f} |"
+        )
     std_cm = 100 * np.linalg.norm(y[split == 2] - y[split == 0].mean(0), axis=1).mean()
-    print(f"\nPredicting the training-set mean position: {std_cm:.2f} cm mean error. "
-          f"Total {time.perf_counter() - t0:.0f} s.")
+    print(
+        f"\nPredicting the training-set mean position: {std_cm:.2f} cm mean error. "
+        f"Total {time.perf_counter() - t0:.0f} s."
+    )
 
 
 if __name__ == "__main__":
