@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from s2_policy.data.feature_cache import ensure_feature_cache
 from s2_policy.data.sequence import SequenceDataset
@@ -42,7 +42,7 @@ def dir_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def bench_codecs(src: Path, workdir: Path, repeats: int) -> dict[str, Path]:
+def bench_codecs(src: Path, workdir: Path, repeats: int) -> None:
     """Size, write speed and read speed of each image codec on the same frames."""
     source = ReplayStore.open(src)
     episodes = [source.get_episode(i) for i in range(source.n_episodes)]
@@ -87,38 +87,42 @@ def bench_codecs(src: Path, workdir: Path, repeats: int) -> dict[str, Path]:
             f"{raw_mib / mib:.1f}x | {statistics.median(writes[codec]):.2f} | "
             f"{1e3 * statistics.median(reads[codec]):.2f} | {raw_mib / statistics.median(seq[codec]):.0f} |"
         )
-    return stores
 
 
 def bench_sampler(store: Path, repeats: int, max_batches: int) -> None:
-    """Windows/s through a shuffled DataLoader (batch 64) from the on-disk store."""
+    """Windows/s through a shuffled DataLoader (batch 64) from the on-disk store, workers started."""
     ds = SequenceDataset(store, cameras=CAMS, **WINDOW)
     rows = []
     for workers in (0, 2):
+        sampler = RandomSampler(ds, replacement=True, num_samples=64 * (max_batches + 1))
+        loader = DataLoader(
+            ds, batch_size=64, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        )
         rates = []
         for _ in range(repeats):
-            loader = DataLoader(
-                ds, batch_size=64, shuffle=True, num_workers=workers, persistent_workers=False
-            )
+            it = iter(loader)
+            next(it)  # worker start-up and first batch are not counted
             t, count = time.perf_counter(), 0
-            for b, batch in enumerate(loader):
+            for batch in it:
                 count += batch["action"].shape[0]
-                if b + 1 >= max_batches:
-                    break
             rates.append(count / (time.perf_counter() - t))
         rows.append((workers, statistics.median(rates)))
-    t = time.perf_counter()
-    for i in range(200):
-        ds[i % len(ds)]
-    single = 200 / (time.perf_counter() - t)
+        del loader
+    order = np.random.default_rng(0).permutation(len(ds))[:200]
+    single = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in order:
+            ds[int(i)]
+        single.append(len(order) / (time.perf_counter() - t))
     print(
         f"\n### Window sampler ({len(ds)} windows, horizon 16, To 2, 2 cameras 128 px, batch 64, shuffled)\n"
     )
     print("| loader | windows/s (median) |")
     print("| --- | ---: |")
-    print(f"| `ds[i]` in a loop | {single:.0f} |")
+    print(f"| `ds[i]` in a loop, random order | {statistics.median(single):.0f} |")
     for workers, rate in rows:
-        print(f"| DataLoader num_workers={workers} (incl. worker start) | {rate:.0f} |")
+        print(f"| DataLoader num_workers={workers} | {rate:.0f} |")
 
 
 class Head(nn.Module):
@@ -164,7 +168,8 @@ def bench_cache(store: Path, workdir: Path, encode_batches: int, cached_batches:
 
     def run(ds: SequenceDataset, n: int, feats_of) -> list[float]:
         times = []
-        it = iter(DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0, drop_last=True))
+        sampler = RandomSampler(ds, replacement=True, num_samples=batch * n)
+        it = iter(DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=0))
         for _ in range(n):
             t = time.perf_counter()
             b = next(it)
@@ -200,14 +205,19 @@ def main() -> None:
     p.add_argument("--encode-batches", type=int, default=3)
     p.add_argument("--cached-batches", type=int, default=50)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--sections", default="codecs,sampler,cache", help="comma-separated subset to run")
     a = p.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     src = source_store(a.workdir, a.episodes)
     print(f"machine: {torch.get_num_threads()} torch threads; source {src}")
-    stores = bench_codecs(src, a.workdir, a.repeats)
-    bench_sampler(stores["zstd"], a.repeats, a.sampler_batches)
-    bench_cache(stores["zstd"], a.workdir, a.encode_batches, a.cached_batches, a.batch)
+    sections = set(a.sections.split(","))
+    if "codecs" in sections:
+        bench_codecs(src, a.workdir, a.repeats)
+    if "sampler" in sections:
+        bench_sampler(src, a.repeats, a.sampler_batches)
+    if "cache" in sections:
+        bench_cache(src, a.workdir, a.encode_batches, a.cached_batches, a.batch)
 
 
 if __name__ == "__main__":
