@@ -108,6 +108,7 @@ class ControlLoop:
         self._episode: int | None = None
         self._dropped_seen = {c: 0 for c in self.cameras}
         self._sync_age: float | None = None
+        self._sync_seq = -1
 
     def request_stop(self, reason: str = "requested") -> None:
         """Ask the loop to finish after the current tick (thread-safe)."""
@@ -167,7 +168,12 @@ class ControlLoop:
         reasons = self.safety.check_inputs(self.cameras, frames, self.robot.connected, t_wake)
         self._sync_age = None
         if not reasons:
-            self._sync_age = t_wake - frames[self.policy.cameras[0]].t_capture
+            ref = frames[self.policy.cameras[0]]
+            # lock only to a camera about as fast as the loop (<= 2 new frames per tick): with a faster
+            # one the newest frame is fresh anyway and its arrival phase is meaningless
+            if ref.seq - self._sync_seq <= 2:
+                self._sync_age = t_wake - ref.t_capture
+            self._sync_seq = ref.seq
             rec.frame_age_ms = (t_wake - min(f.t_capture for f in frames.values())) * 1e3
             rs = self.robot.get_state()
             if rs.episode != self._episode:  # the scene was reset: old observations do not apply
