@@ -171,7 +171,8 @@ class ThreadedCamera(CameraSource):
                 while not self._stop.is_set():
                     got = self._read()
                     if got is None:
-                        self._set_connected(False, "read failed or stream ended")
+                        if not self._stop.is_set():
+                            self._set_connected(False, "read failed or stream ended")
                         break
                     self._publish(*got)
             except Exception as e:  # a driver error must not kill the thread silently: report, reconnect

@@ -1,0 +1,158 @@
+"""Real-time benchmark: tile-batched vs naive S2 encoding, and the full camera -> action loop.
+
+    python benchmarks/bench_realtime.py [--threads 1] [--precision auto] [--seconds 10] [--rounds 30]
+
+Prints markdown tables:
+1. encoder latency, tile-batched (every tile of every scale of every camera in ONE backbone call) vs naive
+   (one backbone call per camera per scale), same encoder, 1-3 cameras, measured interleaved;
+2. where the time of one control step goes (preprocess, tiling, backbone, merge/pool, head);
+3. the closed loop on synthetic 30 fps cameras and a dry-run robot: MLP head at 30 Hz, diffusion head
+   (DDIM, few steps) at 10 Hz: achieved rate, capture->action latency p50/p95/p99, deadline misses.
+Targets (issue): MLP 30 Hz with p99 <= 33 ms; diffusion 10 Hz with p99 <= 100 ms.
+Policies have random weights: latency does not depend on what they learnt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from s2_policy.encoders import EncoderConfig, build_encoder
+from s2_policy.policies import LinearNormalizer, Policy
+from s2_policy.realtime.batcher import TileBatcher, encode_naive
+from s2_policy.realtime.cameras import SyntheticCamera
+from s2_policy.realtime.loop import ControlLoop, LoopConfig
+from s2_policy.realtime.robot import DryRunRobot
+from s2_policy.realtime.safety import SafetyConfig
+from s2_policy.realtime.telemetry import Telemetry, percentiles
+
+CAMS = ["front", "wrist", "side"]
+FRAME = (128, 128)
+
+
+def make_policy(encoder, head: str, n_cams: int, ddim_steps: int) -> Policy:
+    rng = np.random.default_rng(0)
+    norm = LinearNormalizer().fit({"state": rng.normal(size=(64, 4)), "action": rng.uniform(-1, 1, (64, 4))})
+    cfg = {"head": head, "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
+           "diffusion": {"num_inference_steps": ddim_steps}}
+    return Policy(cfg, encoder.out_dim, CAMS[:n_cams], 4, 4, norm, encoder=encoder).eval()
+
+
+def bench_batching(encoder, rounds: int) -> list[str]:
+    rows = ["| cameras | tiles | batched p50 (ms) | batched p99 | naive p50 (ms) | naive p99 | "
+            "naive / batched |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3):
+        frames = [rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(k)]
+        batcher = TileBatcher(encoder, [FRAME] * k, warmup=3)
+        for _ in range(3):
+            encode_naive(encoder, frames)
+        tb, tn = [], []
+        for _ in tqdm(range(rounds), desc=f"batched vs naive, {k} camera(s)", leave=False):
+            t = time.perf_counter()
+            batcher.encode(frames)
+            tb.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            encode_naive(encoder, frames)
+            tn.append(time.perf_counter() - t)
+        b, n = percentiles(np.array(tb) * 1e3), percentiles(np.array(tn) * 1e3)
+        rows.append(f"| {k} | {batcher.n_tiles} | {b['p50']:.1f} | {b['p99']:.1f} | {n['p50']:.1f} | "
+                    f"{n['p99']:.1f} | {n['p50'] / b['p50']:.2f}x |")
+    return rows
+
+
+def bench_breakdown(encoder, policy: Policy, rounds: int) -> list[str]:
+    """Median time of each stage of one 2-camera step, each stage timed on its own."""
+    rng = np.random.default_rng(1)
+    frames = [torch.from_numpy(rng.integers(0, 256, (1, *FRAME, 3), dtype=np.uint8)) for _ in range(2)]
+    plan, p = encoder.plan, encoder.num_prefix_tokens
+    with torch.inference_mode():
+        x = torch.cat([encoder.preprocess(f) for f in frames])
+        tiles = plan.tile(x)
+        outs = [encoder.backbone.forward_features(t.to(encoder.compute_dtype)).float() for t in tiles]
+        feats = torch.randn(1, policy.n_obs_steps, 2, encoder.out_dim)
+        state = np.zeros((1, policy.n_obs_steps, 4), np.float32)
+        stages = {
+            "preprocess (crop/resize/normalise, 2 cams)": lambda: [encoder.preprocess(f) for f in frames],
+            "S2 tiling (bicubic per scale + cut)": lambda: plan.tile(x),
+            f"backbone, one call ({tiles[0].shape[0]} tiles, {encoder.compute_dtype})":
+                lambda: [encoder.backbone.forward_features(t.to(encoder.compute_dtype)) for t in tiles],
+            "merge + pool": lambda: plan.merge_prefix(outs, 2, p),
+            f"head ({policy.config['head']})": lambda: policy.predict_from_features(feats, state),
+        }
+        times = {name: [] for name in stages}
+        for _ in range(rounds):
+            for name, fn in stages.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    rows = ["| stage | p50 (ms) |", "| --- | --- |"]
+    total = 0.0
+    for name, ts in times.items():
+        med = float(np.median(ts)) * 1e3
+        total += med
+        rows.append(f"| {name} | {med:.2f} |")
+    rows.append(f"| **sum** | **{total:.2f}** |")
+    return rows
+
+
+def bench_loop(encoder, head: str, rate_hz: float, seconds: float, ddim_steps: int) -> dict:
+    policy = make_policy(encoder, head, 2, ddim_steps)
+    cams = {n: SyntheticCamera(n, *FRAME, fps=30, seed=i).start() for i, n in enumerate(CAMS[:2])}
+    try:
+        time.sleep(0.2)
+        batcher = TileBatcher(encoder, [FRAME, FRAME], warmup=3)
+        period = 1.0 / rate_hz
+        cfg = LoopConfig(rate_hz=rate_hz, duration_s=seconds, print_every_s=1e9,
+                         safety=SafetyConfig(stale_s=0.5, max_step_s=10 * period))
+        robot = DryRunRobot(4, np.zeros(4))
+        loop = ControlLoop(policy, batcher, cams, robot, cfg, Telemetry(period, printer=None))
+        summary = loop.run()
+    finally:
+        for c in cams.values():
+            c.stop()
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--ddim-steps", type=int, default=4)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = build_encoder(EncoderConfig(backbone="s2p-tiny", scales=[1, 2], precision=args.precision))
+    load = os.getloadavg()[0]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load avg {load:.1f}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder s2p-tiny S2 [64, 128] "
+          f"({encoder.compute_dtype}), camera frames {FRAME[0]}x{FRAME[1]}\n")
+    print("### Tile-batched vs naive encoding\n")
+    print("\n".join(bench_batching(encoder, args.rounds)) + "\n")
+    print("### Where the time of one 2-camera step goes (MLP head)\n")
+    print("\n".join(bench_breakdown(encoder, make_policy(encoder, "mlp", 2, args.ddim_steps), args.rounds)))
+    print("\n### Closed loop: 2 synthetic 30 fps cameras, dry-run robot\n")
+    rows = ["| head | target | achieved Hz | latency p50 / p95 / p99 (ms) | encode p50 | policy p50 | "
+            "deadline misses | late actions | budget met |", "|" + " --- |" * 9]
+    for head, hz, budget in (("mlp", 30.0, 33.0), ("diffusion", 10.0, 100.0)):
+        s = bench_loop(encoder, head, hz, args.seconds, args.ddim_steps)
+        lat, t = s["timing_ms"]["latency_ms"], s["timing_ms"]
+        name = head if head == "mlp" else f"diffusion (DDIM {args.ddim_steps})"
+        met = s["achieved_hz"] >= 0.95 * hz and lat["p99"] <= budget
+        rows.append(f"| {name} | {hz:.0f} Hz, p99 <= {budget:.0f} ms | {s['achieved_hz']:.1f} | "
+                    f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} | {t['encode_ms']['p50']:.1f} | "
+                    f"{t['policy_ms']['p50']:.1f} | {s['deadline_misses']}/{s['steps']} | "
+                    f"{s['late_actions']} | {'yes' if met else 'no'} |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
