@@ -279,11 +279,11 @@ class Policy(nn.Module):
 
 def build_encoder_from_identity(identity: Mapping) -> nn.Module:
     """Rebuild the frozen encoder described by ``encoder.identity()`` (fingerprint checked by the caller)."""
-    from s2_policy.encoders import EncoderConfig, build_encoder
+    from s2_policy.encoders import build_encoder
 
     if "config" not in identity:
         raise ValueError(f"encoder identity has no 'config' entry (keys: {sorted(identity)})")
-    return build_encoder(EncoderConfig(**identity["config"]))
+    return build_encoder(dict(identity["config"]))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
