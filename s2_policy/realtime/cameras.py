@@ -65,9 +65,9 @@ class CameraSource(ABC):
             self._frame_read = False
             self.captured += 1
 
-    def _set_connected(self, connected: bool, error: str | None = None) -> None:
+    def _set_connected(self, connected: bool, error: str | None = None, quiet: bool = False) -> None:
         with self._lock:
-            if self._connected and not connected:
+            if self._connected and not connected and not quiet:
                 self.disconnects += 1
                 log.warning("camera %r disconnected: %s", self.name, error or "no frames")
             elif connected and not self._connected and self.captured:
@@ -156,7 +156,7 @@ class ThreadedCamera(CameraSource):
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
-        self._set_connected(False, "stopped")
+        self._set_connected(False, "stopped", quiet=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -368,7 +368,7 @@ class SimCamera(CameraSource):
         return self
 
     def stop(self) -> None:
-        self._set_connected(False, "simulator stopped")
+        self._set_connected(False, "simulator stopped", quiet=True)
 
     def mark_disconnected(self, reason: str) -> None:
         """Called by the simulator when it can no longer render (e.g. its thread died)."""
