@@ -91,3 +91,13 @@ def test_realtime_config_errors(checkpoint, tmp_path):
         run_realtime({**base, "robot": "dry_run", "cameras": ["front:synthetic:30"]}, tmp_path)
     with pytest.raises(FileNotFoundError):
         run_realtime({**base, "checkpoint": str(tmp_path / "none.pt")}, tmp_path)
+
+
+def test_dry_run_on_live_cameras(checkpoint, tmp_path):
+    cfg = {"checkpoint": str(checkpoint), "threads": 1, "robot": "dry_run",
+           "cameras": ["front:synthetic:30", {"name": "wrist", "type": "synthetic", "fps": 30, "height": 96}],
+           "loop": {"rate_hz": 10, "max_steps": 5, "print_every_s": None},
+           "safety": {"max_step_s": 2.0, "stale_s": 1.0}}
+    summary = run_realtime(cfg, tmp_path)
+    assert summary["steps"] == 5 and summary["robot"]["actions_received"] == summary["actions_sent"] > 0
+    assert summary["cameras"]["wrist"]["captured"] > 0 and (tmp_path / "telemetry.json").is_file()
