@@ -9,6 +9,12 @@ side by side in one run.
 
 from __future__ import annotations
 
+import os
+
+# Busy-waiting OpenMP threads on a shared, oversubscribed CPU make 2-thread torch ops (even a uint8
+# torch.stack in the DataLoader's collate) intermittently 10-100x slower; passive waiting avoids that.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import shutil
 import statistics
@@ -90,39 +96,33 @@ def bench_codecs(src: Path, workdir: Path, repeats: int) -> None:
 
 
 def bench_sampler(store: Path, repeats: int, max_batches: int) -> None:
-    """Windows/s through a shuffled DataLoader (batch 64) from the on-disk store, workers started."""
+    """Windows/s from the on-disk store: plain indexing and shuffled DataLoaders (batch 64), round-robin."""
     ds = SequenceDataset(store, cameras=CAMS, **WINDOW)
-    rows = []
+    n = 64 * max_batches
+    loaders = {}
     for workers in (0, 2):
-        sampler = RandomSampler(ds, replacement=True, num_samples=64 * (max_batches + 1))
-        loader = DataLoader(
+        sampler = RandomSampler(ds, replacement=True, num_samples=n)
+        loaders[workers] = DataLoader(
             ds, batch_size=64, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
         )
-        rates = []
-        for _ in range(repeats):
-            it = iter(loader)
-            next(it)  # worker start-up and first batch are not counted
-            t, count = time.perf_counter(), 0
-            for batch in it:
-                count += batch["action"].shape[0]
-            rates.append(count / (time.perf_counter() - t))
-        rows.append((workers, statistics.median(rates)))
-        del loader
-    order = np.random.default_rng(0).permutation(len(ds))[:200]
-    single = []
+        next(iter(loaders[workers]))  # start the workers before timing
+    order = np.random.default_rng(0).integers(0, len(ds), size=n)
+    rates: dict[str, list[float]] = {"`ds[i]` in a loop, random order": []}
+    rates.update({f"DataLoader num_workers={w} (started)": [] for w in loaders})
     for _ in range(repeats):
         t = time.perf_counter()
         for i in order:
             ds[int(i)]
-        single.append(len(order) / (time.perf_counter() - t))
-    print(
-        f"\n### Window sampler ({len(ds)} windows, horizon 16, To 2, 2 cameras 128 px, batch 64, shuffled)\n"
-    )
-    print("| loader | windows/s (median) |")
-    print("| --- | ---: |")
-    print(f"| `ds[i]` in a loop, random order | {statistics.median(single):.0f} |")
-    for workers, rate in rows:
-        print(f"| DataLoader num_workers={workers} | {rate:.0f} |")
+        rates["`ds[i]` in a loop, random order"].append(n / (time.perf_counter() - t))
+        for w, loader in loaders.items():
+            t = time.perf_counter()
+            count = sum(batch["action"].shape[0] for batch in loader)
+            rates[f"DataLoader num_workers={w} (started)"].append(count / (time.perf_counter() - t))
+    print(f"\n### Window sampler ({len(ds)} windows, horizon 16, To 2, 2 cameras 128 px, batch 64, random)\n")
+    print(f"| reader | windows/s (median of {repeats}) | min | max |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, r in rates.items():
+        print(f"| {name} | {statistics.median(r):.0f} | {min(r):.0f} | {max(r):.0f} |")
 
 
 class Head(nn.Module):
@@ -210,7 +210,7 @@ def main() -> None:
     a.workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     src = source_store(a.workdir, a.episodes)
-    print(f"machine: {torch.get_num_threads()} torch threads; source {src}")
+    print(f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; {src}")
     sections = set(a.sections.split(","))
     if "codecs" in sections:
         bench_codecs(src, a.workdir, a.repeats)
