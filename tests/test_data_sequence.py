@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from s2_policy.data.sequence import SequenceDataset, split_episodes
+from s2_policy.data.sequence import SequenceDataset, split_episodes, window_index
 from s2_policy.data.store import ReplayStore
 
 LENGTHS = [1, 2, 5, 9, 3, 12, 4]
@@ -151,3 +153,28 @@ def test_bad_arguments(tmp_path: Path) -> None:
         SequenceDataset(tmp_path / "s.zarr", cameras=["front"], horizon=2, n_obs_steps=3, n_action_steps=1)
     with pytest.raises(ValueError, match="split"):
         SequenceDataset(tmp_path / "s.zarr", cameras=["front"], split="test")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    horizon=st.integers(1, 10),
+    n_obs=st.integers(1, 4),
+    n_act=st.integers(1, 10),
+)
+def test_window_index_property(lengths: list[int], horizon: int, n_obs: int, n_act: int) -> None:
+    """Vectorised index + clip rule == padding each episode by its edge frames and sliding (no store)."""
+    if horizon < max(n_obs, n_act):
+        return
+    frames = np.arange(sum(lengths))
+    ep, t0 = window_index(np.array(lengths), horizon, n_obs - 1, n_act - 1)
+    starts = np.cumsum(lengths) - lengths
+    got = [
+        starts[e] + np.clip(np.arange(t, t + horizon), 0, lengths[e] - 1) for e, t in zip(ep, t0, strict=True)
+    ]
+    want = [
+        w["k"] for w in reference_windows({"k": frames}, lengths, range(len(lengths)), horizon, n_obs, n_act)
+    ]
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
