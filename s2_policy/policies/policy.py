@@ -263,7 +263,10 @@ class Policy(nn.Module):
             if policy.encoder_identity is None:
                 raise ValueError("this checkpoint stores no encoder identity; load with load_encoder=False "
                                  "and feed features")
-            policy.attach_encoder(build_encoder_from_identity(policy.encoder_identity))
+            from s2_policy.encoders import build_encoder_from_identity
+
+            overrides = {"device": str(device)} if str(device) != "cpu" else {}
+            policy.attach_encoder(build_encoder_from_identity(policy.encoder_identity, **overrides))
         return policy
 
     @classmethod
@@ -275,15 +278,6 @@ class Policy(nn.Module):
             raise FileNotFoundError(f"policy checkpoint {path} does not exist")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         return cls.from_checkpoint_dict(ckpt, device=device, load_encoder=load_encoder)
-
-
-def build_encoder_from_identity(identity: Mapping) -> nn.Module:
-    """Rebuild the frozen encoder described by ``encoder.identity()`` (fingerprint checked by the caller)."""
-    from s2_policy.encoders import build_encoder
-
-    if "config" not in identity:
-        raise ValueError(f"encoder identity has no 'config' entry (keys: {sorted(identity)})")
-    return build_encoder(dict(identity["config"]))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
