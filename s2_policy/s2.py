@@ -149,7 +149,10 @@ class TilingPlan:
             offset = 0
             for i in idx:
                 s = self.scales[i]
-                xs = F.interpolate(x.to(torch.float32), size=s.size, mode="bicubic").to(x.dtype)
+                if s.size == (h, w):  # bicubic at scale 1 is the identity (weights 0, 1, 0, 0): skip it
+                    xs = x
+                else:
+                    xs = F.interpolate(x.to(torch.float32), size=s.size, mode="bicubic").to(x.dtype)
                 nh, nw = s.splits
                 dst = out[offset : offset + s.n_tiles * b].view(nh, nw, b, c, th, tw)
                 dst.copy_(xs.view(b, c, nh, th, nw, tw).permute(2, 4, 0, 1, 3, 5))
