@@ -1,0 +1,130 @@
+"""Evaluation: Wilson/Fisher statistics, vectorised rollouts (toy env, PickCube), comparison output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import test_evaluation_toyenv  # noqa: F401  (registers ToyWalk-v0; light, so spawned workers start fast)
+import torch
+
+from s2_policy.evaluation.compare import compare
+from s2_policy.evaluation.evaluate import evaluate_policy
+from s2_policy.evaluation.rollout import EnvSpec, run_rollouts
+from s2_policy.evaluation.stats import fisher_exact, two_proportion_z, wilson_interval
+
+torch.set_num_threads(1)
+
+
+class PushRight:
+    """Features-free fake policy: reads the images/state it is given and always pushes right."""
+
+    cameras = ["front"]
+    n_obs_steps = 2
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.seen = []
+
+    def predict_action(self, obs, generator=None):
+        assert obs["front"].shape[1:] == (2, 8, 8, 3) and obs["state"].shape[1:] == (2, 1)
+        self.seen.append(obs["state"].copy())
+        return torch.full((obs["state"].shape[0], 3, 1), 2.0)   # clipped to the action space
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(40, 50)
+    assert (lo, hi) == pytest.approx((0.6696, 0.8876), abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0
+    with pytest.raises(ValueError, match="at least one trial"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+
+
+def test_significance_tests():
+    assert fisher_exact(40, 50, 25, 50) == pytest.approx(0.00305, abs=1e-4)
+    assert fisher_exact(5, 10, 5, 10) == pytest.approx(1.0)
+    z, p = two_proportion_z(40, 50, 25, 50)
+    assert z > 0 and p == pytest.approx(0.00166, abs=1e-4)
+    assert two_proportion_z(10, 10, 5, 5) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_rollouts_on_toy_env_seeds_chunks_and_key_mapping(tmp_path, n_envs):
+    spec = EnvSpec("ToyWalk-v0", obs_keys={"front": "cam", "state": "pos"}, max_episode_steps=6,
+                   import_modules=["test_evaluation_toyenv"])
+    pol = PushRight()
+    res = run_rollouts(pol, spec, [0, 1, 3], n_envs=n_envs, video_dir=tmp_path, n_videos=1, progress=False)
+    assert [e["seed"] for e in res["episodes"]] == [0, 1, 3]
+    assert [e["success"] for e in res["episodes"]] == [True, True, False]
+    assert [e["length"] for e in res["episodes"]] == [2, 4, 6]
+    assert res["successes"] == 2 and res["success_rate"] == pytest.approx(2 / 3)
+    assert res["ci95"] == pytest.approx(list(wilson_interval(2, 3)))
+    assert res["mean_episode_length"] == pytest.approx(4.0)
+    assert len(res["videos"]) == 1 and (tmp_path / "episode_000_seed0.mp4").stat().st_size > 0
+    # the history at reset repeats the first frame (training padding); chunks of 3 actions per call
+    assert any(np.allclose(s[0, 0], s[0, 1]) for s in pol.seen)
+    assert res["policy_calls"] >= 4
+
+
+def test_rollout_reports_missing_obs_keys():
+    spec = EnvSpec("ToyWalk-v0", obs_keys={"state": "pos"}, import_modules=["test_evaluation_toyenv"])
+    with pytest.raises(KeyError, match="obs_keys"):
+        run_rollouts(PushRight(), spec, [0], n_envs=1, progress=False)
+
+
+@pytest.mark.slow
+def test_evaluate_policy_on_pick_cube_with_random_actions(tmp_path):
+    class Random:
+        cameras = ["front", "wrist"]
+        n_obs_steps = 2
+        device = torch.device("cpu")
+
+        def predict_action(self, obs, generator=None):
+            assert obs["front"].shape[1:] == (2, 32, 32, 3) and obs["state"].ndim == 3
+            return torch.rand(obs["state"].shape[0], 4, 4, generator=generator) * 2 - 1
+
+    task = {"name": "pick_cube", "env_id": "s2_policy/PickCube-v0", "cameras": ["front", "wrist"],
+            "env_kwargs": {"image_size": 32}, "state_key": "state", "max_episode_steps": 8}
+    res = evaluate_policy(Random(), task, n_episodes=2, n_envs=1, seed_start=7, video_dir=tmp_path,
+                          n_videos=1, progress=False)
+    assert res["n_episodes"] == 2 and res["task"] == "pick_cube"
+    assert [e["seed"] for e in res["episodes"]] == [7, 8]
+    assert all(e["length"] <= 8 for e in res["episodes"])
+    assert len(list(tmp_path.glob("*.mp4"))) == 1
+
+
+def _result(label, seed, k, n, flops):
+    return {"label": label, "seed": seed, "task": "pick_marked_cube",
+            "rollout": {"successes": k, "n_episodes": n, "success_rate": k / n},
+            "encoder": {"flops_per_step": flops, "latency_ms_median": flops / 1e8, "n_tiles_per_image": 1},
+            "trainable_params": 1234}
+
+
+def test_compare_writes_table_png_and_significance(tmp_path):
+    for seed, (a, b) in enumerate([(20, 40), (25, 42), (22, 45)]):
+        for label, k in (("single", a), ("s2", b)):
+            d = tmp_path / "runs" / f"{label}-{seed}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(json.dumps(_result(label, seed, k, 50, 7e8 if label == "single"
+                                                              else 3.5e9)))
+    out = compare([str(tmp_path / "runs" / "**" / "result.json")], tmp_path / "cmp", baseline="single",
+                  title="fine detail")
+    rows = {r["label"]: r for r in out["rows"]}
+    assert rows["single"]["successes"] == 67 and rows["single"]["episodes"] == 150
+    assert rows["s2"]["n_seeds"] == 3 and rows["s2"]["seed_std"] > 0
+    assert rows["s2"]["p_vs_baseline"] == pytest.approx(fisher_exact(127, 150, 67, 150))
+    assert rows["single"]["p_vs_baseline"] is None
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| s2 | 3 | 84.7% (127/150)" in md and "3.50" in md
+    png = (tmp_path / "cmp" / "comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())[1]["label"] == "s2"
+    with pytest.raises(FileNotFoundError, match="no result files"):
+        compare([str(tmp_path / "none" / "*.json")], tmp_path / "cmp")
+    with pytest.raises(ValueError, match="baseline"):
+        compare([str(tmp_path / "runs" / "**" / "result.json")], tmp_path / "cmp", baseline="large")
