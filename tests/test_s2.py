@@ -13,6 +13,15 @@ from hypothesis import strategies as st
 from s2_policy.s2 import TilingPlan, get_plan, multiscale_forward, token_grid
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core box, 2 threads stall on each other in every small op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _hw(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -86,7 +95,7 @@ class ToyConv(torch.nn.Module):
         return F.avg_pool2d(torch.cat([x, x.square()], dim=1), 4)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(
     base=st.sampled_from([(8, 8), (8, 12), (12, 8), (16, 16)]),
     mults=st.lists(st.sampled_from([(1, 1), (2, 2), (3, 3), (1, 2), (2, 3)]), min_size=1, max_size=3),
