@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -12,9 +10,11 @@ import numpy as np
 import pytest
 
 from s2_policy.data.robomimic_hdf5 import convert_robomimic
+from s2_policy.data.robomimic_hdf5 import main as convert_main
 from s2_policy.data.sequence import SequenceDataset
 from s2_policy.data.store import ReplayStore
 from s2_policy.data.summary import format_summary, summarize
+from s2_policy.data.summary import main as summary_main
 
 DEMOS = {"demo_10": 4, "demo_2": 3, "demo_0": 5}  # written out of order on purpose
 
@@ -111,29 +111,15 @@ def test_convert_errors(tmp_path: Path) -> None:
         convert_robomimic(tmp_path / "empty.hdf5", tmp_path / "o.zarr")
 
 
-def test_commands(tmp_path: Path) -> None:
+def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_hdf5(tmp_path / "lift.hdf5")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "s2_policy.data.robomimic_hdf5",
-            str(tmp_path / "lift.hdf5"),
-            str(tmp_path / "lift.zarr"),
-            "--flip-images",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "3 episodes, 12 frames" in out
-    text = subprocess.run(
-        [sys.executable, "-m", "s2_policy.data.summary", str(tmp_path / "lift.zarr")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    convert_main([str(tmp_path / "lift.hdf5"), str(tmp_path / "lift.zarr"), "--flip-images"])
+    assert "3 episodes, 12 frames" in capsys.readouterr().out
+    summary_main([str(tmp_path / "lift.zarr")])
+    text = capsys.readouterr().out
     assert "episodes     3   frames 12" in text and "agentview_image" in text and "(12, 6, 6, 3)" in text
+    summary_main([str(tmp_path / "lift.zarr"), "--json"])
+    assert json.loads(capsys.readouterr().out)["frames"] == 12
 
 
 def test_summary_dict(tmp_path: Path) -> None:
