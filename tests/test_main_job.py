@@ -1,0 +1,55 @@
+"""End to end: train_policy.py (tiny settings) -> policy + result JSON; then the evaluate command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s2_policy.evaluation.compare import compare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    res = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=400)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
+    return res
+
+
+@pytest.mark.slow
+def test_train_evaluate_compare_end_to_end(tmp_path):
+    run_dir = tmp_path / "run"
+    res = _run([str(REPO / "train_policy.py"), f"task.dataset={tmp_path / 'pick.zarr'}", "task.n_demos=2",
+                "task.max_episode_steps=40", "task.env_kwargs.image_size=64", "s2=single", "train=smoke",
+                "train.steps=6", "train.rollout_every=3", "eval.periodic_episodes=1", "eval.n_episodes=2",
+                "eval.n_videos=1", "collect.n_workers=0", "cache.batch_size=16", "label=tiny",
+                f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert "success" in res.stdout and "Wilson 95% CI" in res.stdout
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["label"] == "tiny" and result["task"] == "pick_cube"
+    assert result["rollout"]["n_episodes"] == 2
+    assert [e["seed"] for e in result["rollout"]["episodes"]] == [100000, 100001]
+    assert result["train"]["steps"] == 6 and result["trainable_params"] > 0
+    assert result["encoder"]["flops_per_step"] > 0 and result["encoder"]["latency_ms_median"] > 0
+    assert result["encoder"]["identity"]["config"]["scales"] == [1]
+    for f in ("policy.pt", "checkpoints/latest.pt", "checkpoints/best.pt",
+              "videos/episode_000_seed100000.mp4"):
+        assert (run_dir / f).is_file(), f
+    assert (tmp_path / "pick.zarr").is_dir()
+
+    out = tmp_path / "eval.json"
+    _run(["-m", "s2_policy.evaluation.evaluate", f"checkpoint={run_dir / 'policy.pt'}", "n_episodes=1",
+          "n_videos=0", f"out={out}", f"hydra.run.dir={tmp_path / 'evallogs'}"], cwd=REPO)
+    ev = json.loads(out.read_text())
+    assert ev["rollout"]["n_episodes"] == 1 and ev["label"] == "tiny"
+    assert ev["encoder"]["identity"]["fingerprint"] == result["encoder"]["identity"]["fingerprint"]
+
+    rows = compare([str(run_dir / "result.json"), str(out)], tmp_path / "cmp")["rows"]
+    assert rows[0]["label"] == "tiny" and rows[0]["n_seeds"] == 2 and rows[0]["episodes"] == 3
