@@ -230,8 +230,8 @@ def run_pretraining(cfg: DictConfig) -> Path:
         "steps": int(cfg.train.steps),
         "batch_size": int(cfg.train.batch_size),
         "n_frames": len(frames),
-        "final_loss": rows[-1]["loss"] if rows else None,
-        "train_time_s": rows[-1]["elapsed_s"] if rows else None,
+        "final_loss": float(rows[-1]["loss"]) if rows else None,
+        "train_time_s": float(rows[-1]["elapsed_s"]) if rows else None,
         "frames": frame_cfg.key(),
     }
     path = export_encoder(model, cfg.export.path, dtype=str(cfg.export.dtype), meta=meta)
