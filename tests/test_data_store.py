@@ -65,6 +65,8 @@ def test_round_trip(tmp_path: Path) -> None:
         r.add_episode(make_episode(3, 2))
     with pytest.raises(ValueError, match="already exists"):
         ReplayStore.create(tmp_path / "s.zarr")
+    again = ReplayStore.create(tmp_path / "s.zarr", overwrite=True)
+    assert again.n_episodes == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
 
 
 def test_float64_is_stored_as_float32_and_append_reopens(tmp_path: Path) -> None:
@@ -322,3 +324,11 @@ def test_error_key_set_changes(good: Path) -> None:
         ReplayStore.open(good, mode="a").add_episode(ep)
     with pytest.raises(ValueError, match="0 frames"):
         ReplayStore.open(good, mode="a").add_episode({k: v[:0] for k, v in make_episode(2, 3).items()})
+
+
+def test_error_attrs_not_json(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'action_space' is not JSON-serialisable"):
+        ReplayStore.create(tmp_path / "s.zarr", attrs={"action_space": np.zeros(3)})
+    s = ReplayStore.create(tmp_path / "t.zarr", attrs={"action_space": np.zeros(3).tolist()})
+    with pytest.raises(ValueError, match="'control_hz'"):
+        s.update_attrs({"control_hz": float("nan")})

@@ -15,7 +15,10 @@ fill value (0) and is recognised as an uncommitted append.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -116,24 +119,34 @@ class ReplayStore:
             raise ValueError(f"unknown image_codec {image_codec!r}; choose one of {sorted(IMAGE_CODECS)}")
         if image_chunk_frames < 1 or lowdim_chunk_frames < 1:
             raise ValueError("image_chunk_frames and lowdim_chunk_frames must be >= 1")
-        root = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=zarr_format)
-        root.create_group("data")
-        meta = root.create_group("meta")
-        meta.create_array(
-            "episode_ends",
-            shape=(0,),
-            dtype="int64",
-            chunks=(lowdim_chunk_frames,),
-            fill_value=0,
-            compressors=_compressor("zstd", zarr_format, False, 8),
-        )
-        all_attrs = {"writer": WRITER, **dict(attrs or {})}
+        all_attrs = _json_attrs({"writer": WRITER, **dict(attrs or {})})
         all_attrs["storage"] = {
             "image_codec": image_codec,
             "image_chunk_frames": int(image_chunk_frames),
             "lowdim_chunk_frames": int(lowdim_chunk_frames),
         }
-        root.attrs.update(all_attrs)
+        # Built beside the target and renamed into place: a crash never leaves a half-made store at `path`.
+        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+        try:
+            root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=zarr_format)
+            root.create_group("data")
+            root.create_group("meta").create_array(
+                "episode_ends",
+                shape=(0,),
+                dtype="int64",
+                chunks=(lowdim_chunk_frames,),
+                fill_value=0,
+                compressors=_compressor("zstd", zarr_format, False, 8),
+            )
+            root.attrs.update(all_attrs)
+            if path.is_dir():  # overwrite=True
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        root = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
         return cls(root, path, "a")
 
     @classmethod
@@ -163,7 +176,7 @@ class ReplayStore:
         if Path(path).exists():
             store = cls.open(path, mode="a")
             if attrs:
-                store.root.attrs.update(dict(attrs))
+                store.update_attrs(attrs)
             return store
         return cls.create(path, attrs, **create_kwargs)
 
@@ -388,13 +401,27 @@ class ReplayStore:
         """Merge ``attrs`` into the root attributes (JSON-able values)."""
         if self.mode == "r":
             raise ValueError(f"{self.path} is open read-only; open it with mode='a' to change attributes")
-        self.root.attrs.update(dict(attrs))
+        self.root.attrs.update(_json_attrs(attrs))
 
     def __repr__(self) -> str:
         return (
             f"ReplayStore({str(self.path)!r}, episodes={self.n_episodes}, frames={self.n_frames}, "
             f"keys={self.keys()})"
         )
+
+
+def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` as a dict, or ValueError naming the first value zarr cannot store as JSON."""
+    out = dict(attrs)
+    for k, v in out.items():
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"store attribute {k!r} is not JSON-serialisable ({e}); convert numpy values "
+                "with .tolist() / float() and drop NaN"
+            ) from e
+    return out
 
 
 def _remove_partial_files(path: Path) -> None:
