@@ -32,8 +32,8 @@ __all__ = ["ReplayStore", "IMAGE_CODECS", "is_image_array"]
 
 WRITER = "s2_policy.data.store"
 
-# Image compression choices (measured in docs/benchmarks/data.md). Blosc with no shuffle: images are
-# uint8, so byte shuffling is a no-op and bit shuffling costs speed for little gain on camera frames.
+# Image compression choices (measured in docs/benchmarks/data.md). Blosc without shuffle: images are
+# uint8, for which byte shuffling is a no-op.
 IMAGE_CODECS: dict[str, dict[str, Any]] = {
     "zstd": {"cname": "zstd", "clevel": 3},
     "lz4": {"cname": "lz4", "clevel": 5},
@@ -45,7 +45,7 @@ DEFAULT_STORAGE: dict[str, Any] = {
 }
 
 
-def is_image_array(shape: tuple[int, ...], dtype: np.dtype | None = None) -> bool:
+def is_image_array(shape: tuple[int, ...]) -> bool:
     """True for per-frame image arrays: (T, H, W, C) with C in {1, 3, 4}."""
     return len(shape) == 4 and shape[-1] in (1, 3, 4)
 
