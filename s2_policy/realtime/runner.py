@@ -23,9 +23,10 @@ from s2_policy.realtime.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 
-def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | None = None):
-    """``Policy.load`` + its encoder rebuilt on ``device`` (optionally at another precision; the fingerprint,
-    which ignores numerics, is still verified)."""
+def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | None = None,
+                compile: bool = False):
+    """``Policy.load`` + its encoder rebuilt on ``device``, optionally at another precision and/or with
+    ``torch.compile`` (numerics only: the fingerprint, which ignores them, is still verified)."""
     from s2_policy.encoders import build_encoder_from_identity
     from s2_policy.policies import Policy
 
@@ -35,6 +36,8 @@ def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | No
     overrides: dict[str, Any] = {"device": device}
     if precision:
         overrides["precision"] = precision
+    if compile:
+        overrides["compile"] = True
     policy.attach_encoder(build_encoder_from_identity(dict(policy.encoder_identity), **overrides))
     return policy.eval()
 
@@ -99,7 +102,8 @@ def run_realtime(cfg: Mapping, out_dir: str | Path) -> dict[str, Any]:
     """Run the loop described by ``cfg`` until it stops; write telemetry to ``out_dir``; return a summary."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    policy = load_policy(cfg["checkpoint"], str(cfg.get("device", "cpu")), cfg.get("precision"))
+    policy = load_policy(cfg["checkpoint"], str(cfg.get("device", "cpu")), cfg.get("precision"),
+                         bool(cfg.get("compile", False)))
     robot, cameras = build_robot(cfg, policy)
     missing = [c for c in policy.cameras if c not in cameras]
     if missing:
