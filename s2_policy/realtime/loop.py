@@ -132,7 +132,7 @@ class ControlLoop:
         return total
 
     def _infer(self, frames: Mapping[str, Frame], state: np.ndarray, rec: StepRecord) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         feats = self.encoder.encode([frames[c].image for c in self.cameras])
         t1 = time.perf_counter()
         if not self._history:
@@ -144,6 +144,7 @@ class ControlLoop:
         actions = self.policy.predict_from_features(f, s)
         actions = actions.detach().float().cpu().numpy()[0]
         rec.encode_ms, rec.policy_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        rec.compute_cpu_ms = (time.thread_time() - c0) * 1e3
         return actions
 
     def _safe_action(self, rec: StepRecord, reason: str) -> None:

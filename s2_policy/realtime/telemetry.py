@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 #: Timing fields summarised with percentiles (milliseconds).
-TIMING_KEYS = ("latency_ms", "frame_age_ms", "encode_ms", "policy_ms", "step_ms", "jitter_ms")
+TIMING_KEYS = ("latency_ms", "frame_age_ms", "encode_ms", "policy_ms", "compute_cpu_ms", "step_ms",
+               "jitter_ms")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class StepRecord:
     frame_age_ms: float = math.nan  # age of the oldest frame at snapshot time
     encode_ms: float = math.nan
     policy_ms: float = math.nan
+    compute_cpu_ms: float = math.nan  # loop-thread CPU time in encode + policy (wall >> CPU: busy machine)
     step_ms: float = math.nan       # snapshot -> action sent
     jitter_ms: float = math.nan     # tick wake-up minus its nominal time
     deadline_miss: bool = False     # the tick's work did not finish before the next tick
