@@ -111,6 +111,24 @@ def bench_breakdown(encoder, policies: list[Policy], rounds: int) -> list[str]:
     return rows
 
 
+def bench_variants(encoders: dict, rounds: int) -> list[str]:
+    """Tile-batched 2-camera encode step for several encoder builds, measured interleaved."""
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(2)]
+    batchers = {name: TileBatcher(enc, [FRAME, FRAME], warmup=3) for name, enc in encoders.items()}
+    times = {name: [] for name in batchers}
+    for _ in range(rounds):
+        for name, b in batchers.items():
+            times[name].append(timed(lambda b=b: b.encode(frames)))
+    rows = ["| encoder build | wall p50 (ms) | CPU p50 (ms) | CPU speed-up vs row 1 |", "|" + " --- |" * 4]
+    first = None
+    for name, ts in times.items():
+        wall, cpu = np.median(np.array(ts), axis=0) * 1e3
+        first = first or cpu
+        rows.append(f"| {name} | {wall:.1f} | {cpu:.1f} | {first / cpu:.2f}x |")
+    return rows
+
+
 def bench_loop(encoder, head: str, rate_hz: float, seconds: float, ddim_steps: int) -> dict:
     policy = make_policy(encoder, head, 2, ddim_steps)
     cams = {n: SyntheticCamera(n, *FRAME, fps=30, seed=i).start() for i, n in enumerate(CAMS[:2])}
@@ -154,6 +172,11 @@ def main() -> None:
     print("### Where the time of one 2-camera step goes\n")
     heads = [make_policy(encoder, h, 2, args.ddim_steps) for h in ("mlp", "diffusion")]
     print("\n".join(bench_breakdown(encoder, heads, args.rounds)))
+    print("\n### Encode step (2 cameras, 10 tiles) by encoder build\n")
+    variants = {f"{p}, eager": build_encoder(cfg, precision=p) for p in ("fp32", "bf16")}
+    if args.compile:
+        variants[f"{loop_encoder.compute_dtype}, torch.compile"] = loop_encoder
+    print("\n".join(bench_variants(variants, args.rounds)))
     print("\n### Closed loop: 2 synthetic 30 fps cameras, dry-run robot\n")
     rows = ["| head | target | achieved Hz | latency p50 / p95 / p99 (ms) | encode p50 | policy p50 | "
             "step CPU p50 / p99 | deadline misses | late actions | budget met |", "|" + " --- |" * 10]
