@@ -60,7 +60,11 @@ class Preprocessor(nn.Module):
                 "interpolation": "bilinear-antialias"}
 
     def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        x = to_float_chw(images).to(self.mean.device)
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if isinstance(images, torch.Tensor):  # move uint8 before converting: 4x less to copy to a GPU
+            images = images.to(self.mean.device, non_blocking=True)
+        x = to_float_chw(images)
         h, w = x.shape[-2:]
         th, tw = self.size
         if (h, w) != (th, tw):
