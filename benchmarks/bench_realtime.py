@@ -167,6 +167,9 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder s2p-tiny S2 [64, 128] "
           f"({encoder.compute_dtype}), camera frames {FRAME[0]}x{FRAME[1]}; closed loop "
           f"{'with' if args.compile else 'without'} torch.compile\n")
+    if torch.get_num_threads() != 1:
+        print("note: with more than one torch thread the CPU columns count the calling thread only; "
+              "use --threads 1 for idle-core-equivalent CPU times\n")
     print("### Tile-batched vs naive encoding\n")
     print("\n".join(bench_batching(encoder, args.rounds)) + "\n")
     print("### Where the time of one 2-camera step goes\n")
