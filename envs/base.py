@@ -214,7 +214,16 @@ class ManipulationEnv(gym.Env):
         renderer = self._renderers.get(hw)
         if renderer is None:
             _load_triton_before_gl()
-            renderer = self._renderers[hw] = mujoco.Renderer(self.model, height=hw[0], width=hw[1])
+            try:
+                renderer = mujoco.Renderer(self.model, height=hw[0], width=hw[1])
+            except Exception as e:  # mujoco raises FatalError / GLFW errors without a hint
+                backend = getattr(getattr(mujoco, "GLContext", None), "__module__", "none")
+                raise RuntimeError(
+                    f"could not create an offscreen OpenGL context with backend {backend!r} (chosen from "
+                    "MUJOCO_GL when mujoco was first imported): set MUJOCO_GL=egl in the environment or "
+                    "import envs before mujoco, and check that libEGL (Mesa) is installed"
+                ) from e
+            self._renderers[hw] = renderer
         renderer.update_scene(self.data, camera=camera)
         return renderer.render()
 

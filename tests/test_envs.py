@@ -201,3 +201,17 @@ def test_triton_import_after_rendering_does_not_crash():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-1000:]
+
+
+def test_wrong_gl_backend_gives_a_clear_error():
+    """mujoco imported before envs with MUJOCO_GL unset picks GLFW (no display here): say how to fix it."""
+    import os
+
+    code = (
+        "import mujoco, envs, gymnasium as gym\n"
+        "env = gym.make('s2_policy/PickCube-v0', image_size=16)\n"
+        "env.reset(seed=0)\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=clean)
+    assert res.returncode != 0 and "MUJOCO_GL=egl" in res.stderr, res.stderr[-1000:]
