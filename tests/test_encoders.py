@@ -208,3 +208,17 @@ def test_identity_round_trip(enc32):
     bad = {**ident, "fingerprint": "0" * 64}
     with pytest.raises(ValueError, match="fingerprint"):
         build_encoder_from_identity(bad)
+
+
+@pytest.mark.parametrize("s2_name", ["single", "s2"])
+@pytest.mark.parametrize("encoder_name", ["s2p-tiny", "s2p-small"])
+def test_yaml_configs_merge_into_encoder_config(encoder_name, s2_name):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    merged = OmegaConf.merge(OmegaConf.load(root / "encoder" / f"{encoder_name}.yaml"),
+                             OmegaConf.load(root / "s2" / f"{s2_name}.yaml"))
+    cfg = EncoderConfig.from_dict(merged)
+    assert cfg.backbone == encoder_name and cfg.scales == ([1.0] if s2_name == "single" else [1.0, 2.0])
