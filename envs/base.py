@@ -12,7 +12,9 @@ The robot is the same in every task, so observations and actions have the same m
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -97,7 +99,7 @@ class ManipulationEnv(gym.Env):
     xml_file: ClassVar[str]
     control_hz: ClassVar[int] = 10
     max_step: ClassVar[float] = 0.01  # metres per control step at |action| = 1
-    max_finger: ClassVar[float] = 0.04  # half-opening of the open gripper (m)
+    max_finger: ClassVar[float] = 0.05  # half-opening of the open gripper (m): 10 cm between the pads
     workspace_low: ClassVar[np.ndarray] = np.array([-0.2, -0.2, 0.012])
     workspace_high: ClassVar[np.ndarray] = np.array([0.2, 0.2, 0.25])
     home: ClassVar[np.ndarray] = np.array([0.0, 0.0, 0.15])
@@ -138,7 +140,7 @@ class ManipulationEnv(gym.Env):
         # state bounds: the weld keeps the hand near the (clipped) target; fingers open at most 2 * max_finger
         obs_spaces["state"] = spaces.Box(
             low=np.array([-0.5, -0.5, -0.1, 0.0], np.float32),
-            high=np.array([0.5, 0.5, 0.5, 0.1], np.float32),
+            high=np.array([0.5, 0.5, 0.5, 0.12], np.float32),
             dtype=np.float32,
         )
         self.observation_space = spaces.Dict(obs_spaces)
@@ -226,6 +228,25 @@ class ManipulationEnv(gym.Env):
             self._renderers[hw] = renderer
         renderer.update_scene(self.data, camera=camera)
         return renderer.render()
+
+    def env_fingerprint(self) -> str:
+        """Hash of what defines the task's physics and randomisation: MJCF files, class constants, task hooks.
+
+        Demonstration stores record it so that data from an older version of a task is never mixed in.
+        """
+        h = hashlib.sha256()
+        for name in ("common.xml", self.xml_file):
+            h.update((ASSETS / name).read_bytes())
+        cls = type(self)
+        consts = {
+            k: repr(getattr(cls, k))
+            for k in dir(cls)
+            if not k.startswith("_") and isinstance(getattr(cls, k), (int, float, str, np.ndarray))
+        }
+        h.update(repr(sorted(consts.items())).encode())
+        for hook in (cls._randomize, cls._is_success, ManipulationEnv.step, ManipulationEnv.reset):
+            h.update(inspect.getsource(hook).encode())
+        return h.hexdigest()[:16]
 
     def ee_pos(self) -> np.ndarray:
         return self.data.site_xpos[self._ee_site].copy()

@@ -10,11 +10,11 @@ from envs.base import ManipulationEnv
 
 
 class PickCubeEnv(ManipulationEnv):
-    """Grasp a 4 cm cube (position +-6 cm, yaw +-0.2 rad) and lift it by ``lift_height``."""
+    """Grasp a 4 cm cube (position +-5 cm, yaw +-0.2 rad) and lift it by ``lift_height``."""
 
     xml_file = "pick_cube.xml"
     half: ClassVar[float] = 0.02
-    spread: ClassVar[float] = 0.06
+    spread: ClassVar[float] = 0.05
     lift_height: ClassVar[float] = 0.05
 
     def _randomize(self, rng: np.random.Generator) -> None:
@@ -61,6 +61,7 @@ class PickMarkedCubeEnv(ManipulationEnv):
 
     xml_file = "pick_marked_cube.xml"
     n_cubes: ClassVar[int] = 3
+    max_finger: ClassVar[float] = 0.04  # 8 cm opening: the open fingers must clear the neighbouring cubes
     half: ClassVar[float] = 0.02
     lift_height: ClassVar[float] = 0.05
 

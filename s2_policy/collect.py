@@ -82,6 +82,7 @@ def _store_attrs(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
                 "max_step_m": u.max_step,
             },
             "state": ["ee_x", "ee_y", "ee_z", "gripper_opening_m"],
+            "env_fingerprint": u.env_fingerprint(),
             "expert": type(envs.make_expert(env)).__name__,
             "seed": seed,
             "seed_rule": f"episode k uses env/expert seed {SEED_STRIDE} * seed + k",
@@ -90,11 +91,11 @@ def _store_attrs(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
         env.close()
 
 
-_MUST_MATCH = ("env_id", "cameras", "image_sizes", "control_hz", "action_space", "seed")
+_MUST_MATCH = ("env_id", "env_fingerprint", "cameras", "image_sizes", "control_hz", "action_space", "seed")
 
 
 def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
-    diff = [k for k in _MUST_MATCH if k in old and old[k] != new[k]]
+    diff = [k for k in _MUST_MATCH if old.get(k) != new[k]]
     if diff:
         detail = "; ".join(f"{k}: store has {old[k]!r}, config gives {new[k]!r}" for k in diff)
         raise ValueError(
@@ -129,10 +130,11 @@ def collect_demos(
 ) -> Path:
     """Fill the store at ``out_path`` with ``n_episodes`` successful expert episodes; returns the path.
 
-    Resumable: an existing store (same env, cameras, sizes and base seed) keeps its episodes and only the
-    missing ones are collected, continuing after the last seed tried. Failed episodes are not stored; their
-    seeds are logged and kept in the ``failed_seeds`` attribute. Gives up with RuntimeError after
-    ``max_attempts`` new candidates (default ``2 * missing + 10``) so a broken expert cannot loop forever.
+    Resumable: an existing store (same env and env version, cameras, sizes and base seed) keeps its episodes
+    and only the missing ones are collected, continuing after the last seed tried. Failed episodes are not
+    stored; their seeds are logged and kept in the ``failed_seeds`` attribute. Gives up with RuntimeError
+    after ``max_attempts`` new candidates (default ``2 * missing + 10``) so a broken expert cannot loop
+    forever.
     """
     from envs.registry import _plain
     from s2_policy.data.store import ReplayStore

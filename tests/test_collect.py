@@ -83,6 +83,10 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         collect_demos(_cfg(env_kwargs={"image_size": 48}), out, n_episodes=2, n_workers=0, progress=False)
     with pytest.raises(ValueError, match="seed"):
         collect_demos(_cfg(), out, n_episodes=2, n_workers=0, seed=1, progress=False)
+    # A store from another version of the task (or not from collect at all) is refused too.
+    ReplayStore.open(out, mode="a").update_attrs({"env_fingerprint": "old"})
+    with pytest.raises(ValueError, match="env_fingerprint"):
+        collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False)
 
 
 def test_episode_seeds_are_disjoint_across_base_seeds():

@@ -215,3 +215,17 @@ def test_wrong_gl_backend_gives_a_clear_error():
     clean = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=clean)
     assert res.returncode != 0 and "MUJOCO_GL=egl" in res.stderr, res.stderr[-1000:]
+
+
+def test_env_fingerprint_tracks_task_definition():
+    a = gym.make("s2_policy/PickCube-v0", cameras=()).unwrapped
+    b = gym.make("s2_policy/PickCube-v0", cameras=("front",), image_size=16).unwrapped
+    c = gym.make("s2_policy/PlaceCube-v0", cameras=()).unwrapped
+    assert a.env_fingerprint() == b.env_fingerprint() != c.env_fingerprint()
+    a.spread = 0.07  # an instance tweak does not change the class definition ...
+    assert a.env_fingerprint() == b.env_fingerprint()
+
+    class Wider(type(a)):
+        spread = 0.07
+
+    assert Wider(cameras=()).env_fingerprint() != b.env_fingerprint()  # ... a changed constant does
