@@ -94,7 +94,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
     meta = {"task": task, "label": label, "seed": int(cfg.seed), "store": str(store_path),
             "n_train_episodes": len(ds.episodes)}
-    policy = Policy(OmegaConf.to_container(pc, resolve=True), cache.out_dim, list(task["cameras"]),
+    feat_shape = tuple(cache.get(task["cameras"][0]).shape[1:])   # (F,) pooled or (N, C) tokens
+    policy = Policy(OmegaConf.to_container(pc, resolve=True), feat_shape, list(task["cameras"]),
                     low["state"].shape[-1], low["action"].shape[-1], norm, encoder=encoder,
                     encoder_identity=encoder.identity(), meta=meta)
     ev = cfg.eval

@@ -143,10 +143,26 @@ def test_policy_input_errors(tmp_path):
     with pytest.raises(ValueError, match="encoder"):
         img = np.zeros((1, 2, 8, 8, 3), np.uint8)
         p.predict_action({"front": img, "wrist": img, "state": np.zeros((1, 2, 4), np.float32)})
-    with pytest.raises(ValueError, match="features have size"):
+    with pytest.raises(ValueError, match="features have shape"):
         p.predict_action(_obs(1, f=16))
     with pytest.raises(FileNotFoundError):
         Policy.load(tmp_path / "nope.pt")
     torch.save({"format": "other"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not an s2_policy policy checkpoint"):
         Policy.load(tmp_path / "bad.pt", load_encoder=False)
+
+
+def test_policy_token_features_roundtrip(tmp_path):
+    """``pooling="tokens"`` features (N, C) keep the spatial layout; projected per token, then flattened."""
+    p = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "token_proj_dim": 4},
+               (5, 12), CAMS, 4, 4, _normalizer())
+    g = torch.Generator().manual_seed(0)
+    obs = {c: torch.randn(3, 2, 5, 12, generator=g) for c in CAMS}
+    obs["state"] = torch.randn(3, 2, 4, generator=g)
+    a = p.predict_action(obs)
+    assert a.shape == (3, 4, 4)
+    assert p.core.obs_proj.in_features == 2 * 5 * 4
+    q = Policy.load(p.save(tmp_path / "p.pt"), load_encoder=False)
+    torch.testing.assert_close(q.predict_action(obs), a)
+    with pytest.raises(ValueError, match="features have shape"):
+        p.predict_action({c: torch.randn(1, 2, 6, 12) for c in CAMS} | {"state": torch.zeros(1, 2, 4)})

@@ -26,7 +26,7 @@ CHECKPOINT_FORMAT = "s2_policy.policy/1"
 
 DEFAULT_POLICY_CONFIG: dict[str, Any] = {
     "name": "mlp", "head": "mlp", "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
-    "normalizer_mode": "limits", "obs_proj_dim": 256,
+    "normalizer_mode": "limits", "obs_proj_dim": 256, "token_proj_dim": 16,
     "mlp": {"hidden_dim": 512, "n_layers": 3, "dropout": 0.0, "loss": "l2"},
     "diffusion": {"down_dims": [64, 128, 256], "kernel_size": 5, "n_groups": 8, "step_embed_dim": 128,
                   "num_train_timesteps": 100, "num_inference_steps": 10,
@@ -53,17 +53,30 @@ def _to_plain(x: Any) -> Any:
 class PolicyCore(nn.Module):
     """Trainable part: observation features + normalised state -> condition -> head.
 
+    Pooled features ``F`` are LayerNorm-ed; token features ``(N, C)`` (``pooling="tokens"``: spatial layout
+    kept) are LayerNorm-ed and projected per token to ``token_proj_dim`` channels, then flattened. The
+    cameras' vectors are concatenated and linearly projected to ``obs_proj_dim``.
     ``forward(feats, state, action)`` returns the training loss so that DDP can wrap this module directly.
     """
 
-    def __init__(self, cfg: Mapping, feature_dim: int, n_cameras: int, state_dim: int,
+    def __init__(self, cfg: Mapping, feature_shape: tuple[int, ...], n_cameras: int, state_dim: int,
                  action_dim: int) -> None:
         super().__init__()
         self.n_obs_steps = int(cfg["n_obs_steps"])
-        self.obs_norm = nn.LayerNorm(feature_dim)
+        self.feature_shape = tuple(int(v) for v in feature_shape)
+        if len(self.feature_shape) not in (1, 2):
+            raise ValueError(f"features must be pooled (F,) or tokens (N, C), got shape {self.feature_shape}")
+        self.obs_norm = nn.LayerNorm(self.feature_shape[-1])
+        if len(self.feature_shape) == 2:
+            tok = int(cfg.get("token_proj_dim") or 16)
+            self.token_proj: nn.Module = nn.Linear(self.feature_shape[-1], tok)
+            per_cam = self.feature_shape[0] * tok
+        else:
+            self.token_proj = nn.Identity()
+            per_cam = self.feature_shape[0]
         proj = int(cfg.get("obs_proj_dim") or 0)
-        self.obs_proj = nn.Linear(n_cameras * feature_dim, proj) if proj > 0 else nn.Identity()
-        step_dim = (proj if proj > 0 else n_cameras * feature_dim) + state_dim
+        self.obs_proj = nn.Linear(n_cameras * per_cam, proj) if proj > 0 else nn.Identity()
+        step_dim = (proj if proj > 0 else n_cameras * per_cam) + state_dim
         cond_dim = self.n_obs_steps * step_dim
         horizon = int(cfg["horizon"])
         if cfg["head"] == "mlp":
@@ -76,9 +89,9 @@ class PolicyCore(nn.Module):
             raise ValueError(f"policy head {cfg['head']!r} is unknown; use 'mlp' or 'diffusion'")
 
     def condition(self, feats: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """``feats (B, To, K, F)``, normalised ``state (B, To, D)`` -> flat condition ``(B, cond_dim)``."""
+        """``feats (B, To, K, *feature_shape)`` + normalised ``state (B, To, D)`` -> ``(B, cond_dim)``."""
         b, to = feats.shape[:2]
-        x = self.obs_proj(self.obs_norm(feats).flatten(2))
+        x = self.obs_proj(self.token_proj(self.obs_norm(feats)).flatten(2))
         return torch.cat([x, state], dim=-1).reshape(b, -1)
 
     def forward(self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -91,7 +104,7 @@ class Policy(nn.Module):
     Args:
         config: policy config (``configs/policy/*.yaml``): ``head``, ``horizon``, ``n_obs_steps``,
             ``n_action_steps``, ``normalizer_mode``, ``obs_proj_dim`` and the ``mlp`` / ``diffusion`` block.
-        feature_dim: per-camera encoder feature size ``F``.
+        feature_dim: per-camera encoder feature size ``F`` (pooled) or ``(N, C)`` (``pooling="tokens"``).
         cameras: camera names, in the order the features are stacked.
         state_dim, action_dim: proprio and action sizes.
         normalizer: fitted :class:`LinearNormalizer` with ``state`` and ``action`` keys.
@@ -100,9 +113,10 @@ class Policy(nn.Module):
         meta: free JSON-able metadata saved with the checkpoint (task config, training info).
     """
 
-    def __init__(self, config: Mapping, feature_dim: int, cameras: list[str], state_dim: int, action_dim: int,
-                 normalizer: LinearNormalizer, encoder: nn.Module | None = None,
-                 encoder_identity: Mapping | None = None, meta: Mapping | None = None) -> None:
+    def __init__(self, config: Mapping, feature_dim: int | tuple[int, int], cameras: list[str],
+                 state_dim: int, action_dim: int, normalizer: LinearNormalizer,
+                 encoder: nn.Module | None = None, encoder_identity: Mapping | None = None,
+                 meta: Mapping | None = None) -> None:
         super().__init__()
         self.config = _merge(DEFAULT_POLICY_CONFIG, _to_plain(config))
         c = self.config
@@ -115,11 +129,14 @@ class Policy(nn.Module):
         if not cameras:
             raise ValueError("a policy needs at least one camera")
         self.cameras = list(cameras)
-        self.feature_dim, self.state_dim, self.action_dim = int(feature_dim), int(state_dim), int(action_dim)
+        shape = (int(feature_dim),) if np.ndim(feature_dim) == 0 else tuple(int(v) for v in feature_dim)
+        self.feature_shape = shape
+        self.feature_dim: int | list[int] = shape[0] if len(shape) == 1 else list(shape)
+        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
         self.normalizer = normalizer
         self.encoder_identity = _to_plain(encoder_identity) if encoder_identity is not None else None
         self.meta = _to_plain(meta or {})
-        self.core = PolicyCore(c, self.feature_dim, len(self.cameras), self.state_dim, self.action_dim)
+        self.core = PolicyCore(c, self.feature_shape, len(self.cameras), self.state_dim, self.action_dim)
         self.encoder: nn.Module | None = None
         if encoder is not None:
             self.attach_encoder(encoder)
@@ -156,8 +173,9 @@ class Policy(nn.Module):
                                  f"on ({want}); rebuild the encoder from policy.encoder_identity")
         else:
             self.encoder_identity = _to_plain(encoder.identity())
-        if getattr(encoder, "out_dim", self.feature_dim) != self.feature_dim:
-            raise ValueError(f"encoder out_dim {encoder.out_dim} != policy feature_dim {self.feature_dim}")
+        if getattr(encoder, "out_dim", self.feature_shape[-1]) != self.feature_shape[-1]:
+            raise ValueError(f"encoder out_dim {encoder.out_dim} != the policy's feature size "
+                             f"{self.feature_shape[-1]}")
         for p in encoder.parameters():
             p.requires_grad_(False)
         self.encoder = encoder.eval().to(self.device)
@@ -175,14 +193,14 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def encode_obs(self, obs: Mapping) -> torch.Tensor:
-        """Camera observations -> features ``(B, To, K, F)``.
+        """Camera observations -> features ``(B, To, K, *feature_shape)``.
 
         ``obs[cam]`` is uint8 ``(B, To, H, W, 3)`` (encoded with the attached encoder, every camera and
-        timestep in one call) or already-computed features ``(B, To, F)``.
+        timestep in one call) or already-computed features ``(B, To, F)`` / ``(B, To, N, C)``.
         """
         self._check_obs(obs)
         first = obs[self.cameras[0]]
-        if np.ndim(first) == 3:
+        if np.ndim(first) == 2 + len(self.feature_shape):
             feats = torch.stack([self._tensor(obs[c], torch.float32) for c in self.cameras], dim=2)
         else:
             if self.encoder is None:
@@ -191,10 +209,11 @@ class Policy(nn.Module):
             imgs = [self._tensor(obs[c]) for c in self.cameras]
             b, to = imgs[0].shape[:2]
             flat = [im.reshape(b * to, *im.shape[2:]) for im in imgs]
-            feats = self.encoder.encode_cameras(flat).float().reshape(b, to, len(self.cameras), -1)
-        if feats.shape[-1] != self.feature_dim:
-            raise ValueError(f"observation features have size {feats.shape[-1]}, the policy expects "
-                             f"{self.feature_dim}")
+            enc = self.encoder.encode_cameras(flat).float()
+            feats = enc.reshape(b, to, *enc.shape[1:])
+        if tuple(feats.shape[3:]) != self.feature_shape:
+            raise ValueError(f"observation features have shape {tuple(feats.shape[3:])}, the policy expects "
+                             f"{self.feature_shape}")
         return feats[:, -self.n_obs_steps:]
 
     @torch.no_grad()

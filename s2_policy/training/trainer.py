@@ -88,9 +88,9 @@ def tensorize_dataset(ds: Dataset, cameras: list[str], batch_size: int = 1024,
         parts["action"].append(torch.as_tensor(batch["action"]))
     out = {k: torch.cat(v) for k, v in parts.items()}
     for c in cameras:
-        if out[c].ndim != 3:
+        if out[c].ndim not in (3, 4):
             raise ValueError(f"camera {c!r} windows have shape {tuple(out[c].shape)}; training expects "
-                             f"cached features (N, To, F): build the dataset with "
+                             f"cached features (N, To, F) or (N, To, tokens, C): build the dataset with "
                              f"features=ensure_feature_cache(...)")
     return out
 
