@@ -10,6 +10,10 @@ missed instead of bursting to catch up):
    timestamp (late actions dropped);
 3. send the action of the current slot to the robot (or hold when a fault is active or nothing is due);
 4. record telemetry.
+
+With ``async_inference`` step 2 runs continuously on a worker thread instead (newest frames each time), so a
+policy slower than the control period still yields one action per tick from its chunks; faults, checks and
+scheduling are the same, and a fault discards chunks still being computed (an epoch counter).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class LoopConfig:
 
     rate_hz: float = 30.0
     infer_every: int = 1
+    async_inference: bool = False
     ensemble: str = "none"
     ensemble_k: float = 0.01
     duration_s: float | None = None
@@ -109,6 +114,12 @@ class ControlLoop:
         self._dropped_seen = {c: 0 for c in self.cameras}
         self._sync_age: float | None = None
         self._sync_seq = -1
+        # scheduled actions and the observation history are invalidated together by bumping the epoch
+        self._lock = threading.Lock()
+        self._epoch = self._history_epoch = 0
+        self._worker_reasons: list[str] = []
+        self._worker_done: StepRecord | None = None
+        self._worker_error: BaseException | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         """Ask the loop to finish after the current tick (thread-safe)."""
@@ -120,7 +131,18 @@ class ControlLoop:
         """Start the tick grid at ``t0`` (default: now) with an empty schedule and observation history."""
         self.t0 = self.t_start = time.monotonic() if t0 is None else t0
         self.scheduler = ActionScheduler(self.t0, self.cfg.period, self.cfg.ensemble, self.cfg.ensemble_k)
-        self._history.clear()
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        """Forget scheduled actions; the observation history is dropped before the next inference."""
+        with self._lock:
+            self._epoch += 1
+            self.scheduler.clear()
+
+    def _check_episode(self, episode: int) -> None:
+        if episode != self._episode:  # the scene was reset: old observations and chunks do not apply
+            self._episode = episode
+            self._invalidate()
 
     # -- one tick -------------------------------------------------------------------------------------------
     def _new_drops(self) -> int:
@@ -132,6 +154,9 @@ class ControlLoop:
         return total
 
     def _infer(self, frames: Mapping[str, Frame], state: np.ndarray, rec: StepRecord) -> np.ndarray:
+        if self._history_epoch != self._epoch:
+            self._history.clear()
+            self._history_epoch = self._epoch
         t0, c0 = time.perf_counter(), time.thread_time()
         feats = self.encoder.encode([frames[c].image for c in self.cameras])
         t1 = time.perf_counter()
@@ -147,9 +172,43 @@ class ControlLoop:
         rec.compute_cpu_ms = (time.thread_time() - c0) * 1e3
         return actions
 
+    def _infer_and_schedule(self, frames: Mapping[str, Frame], state: np.ndarray, t_obs: float, t_wake: float,
+                            rec: StepRecord) -> list[str]:
+        """Encode + predict + check; schedule the chunk unless a fault/reset happened meanwhile."""
+        epoch = self._epoch
+        actions = self._infer(frames, state, rec)
+        rec.inferred = True
+        t_done = time.monotonic()
+        reasons = self.safety.check_step(actions, t_done - t_wake)
+        if not reasons:
+            t_capture = min(f.t_capture for f in frames.values())
+            with self._lock:
+                if epoch == self._epoch:
+                    rec.late_actions = self.scheduler.add_chunk(actions, t_obs, t_done, t_capture)
+        return reasons
+
+    def _worker(self) -> None:
+        """``async_inference``: infer continuously on the newest frames while the tick thread acts."""
+        try:
+            while not self._stop.is_set():
+                t_wake = time.monotonic()
+                frames = {c: cam.latest() for c, cam in self.cameras.items()}
+                if self.safety.check_inputs(self.cameras, frames, self.robot.connected, t_wake):
+                    self._stop.wait(self.cfg.period / 4)  # the tick thread reports the fault
+                    continue
+                rs = self.robot.get_state()
+                self._check_episode(rs.episode)
+                rec = StepRecord(step=-1, t=t_wake - self.t_start, status="")
+                reasons = self._infer_and_schedule(frames, rs.state, t_wake, t_wake, rec)
+                with self._lock:
+                    self._worker_reasons.extend(reasons)
+                    self._worker_done = rec
+        except BaseException as e:  # surfaced by run(); the robot is left holding
+            self._worker_error = e
+            self.request_stop(f"inference failed: {type(e).__name__}: {e}")
+
     def _safe_action(self, rec: StepRecord, reason: str) -> None:
-        self._history.clear()
-        self.scheduler.clear()
+        self._invalidate()
         rec.reason = reason
         if self.cfg.safety.on_fault == "stop" and not reason.startswith("recovering"):
             self.robot.stop()
@@ -176,25 +235,25 @@ class ControlLoop:
                 self._sync_age = t_wake - ref.t_capture
             self._sync_seq = ref.seq
             rec.frame_age_ms = (t_wake - min(f.t_capture for f in frames.values())) * 1e3
-            rs = self.robot.get_state()
-            if rs.episode != self._episode:  # the scene was reset: old observations do not apply
-                self._episode = rs.episode
-                self._history.clear()
-                self.scheduler.clear()
-            if k % self.cfg.infer_every == 0 or self.scheduler.pending(t_wake) == 0:
-                actions = self._infer(frames, rs.state, rec)
-                rec.inferred = True
-                t_done = time.monotonic()
-                reasons = self.safety.check_step(actions, t_done - t_wake)
-                if not reasons:
-                    t_capture = min(f.t_capture for f in frames.values())
-                    rec.late_actions = self.scheduler.add_chunk(actions, t_tick, t_done, t_capture)
+            if not self.cfg.async_inference and (k % self.cfg.infer_every == 0
+                                                 or self.scheduler.pending(t_wake) == 0):
+                rs = self.robot.get_state()
+                self._check_episode(rs.episode)
+                reasons = self._infer_and_schedule(frames, rs.state, t_tick, t_wake, rec)
+        if self.cfg.async_inference:
+            with self._lock:
+                reasons = reasons + self._worker_reasons
+                done, self._worker_reasons, self._worker_done = self._worker_done, [], None
+            if done is not None:
+                rec.inferred, rec.late_actions = True, done.late_actions
+                rec.encode_ms, rec.policy_ms = done.encode_ms, done.policy_ms
+                rec.compute_cpu_ms = done.compute_cpu_ms
         reason = self.safety.update(reasons, time.monotonic())
         if reason:
             self._safe_action(rec, reason)
         else:
-            now = time.monotonic()
-            due = self.scheduler.pop(now)
+            with self._lock:
+                due = self.scheduler.pop(time.monotonic())
             if due is None:
                 self.robot.hold()
             else:
@@ -213,13 +272,17 @@ class ControlLoop:
         period = self.cfg.period
         self.reset_clock()
         restore = self._install_sigint()
+        worker = None
+        if self.cfg.async_inference:
+            worker = threading.Thread(target=self._worker, name="realtime-inference", daemon=True)
+            worker.start()
         k = 0
         try:
             while not self._stop.is_set():
                 if self.cfg.max_steps is not None and len(self.telemetry.records) >= self.cfg.max_steps:
                     self.request_stop("max_steps")
                     break
-                if self.cfg.duration_s is not None and time.monotonic() - self.t0 >= self.cfg.duration_s:
+                if self.cfg.duration_s is not None and time.monotonic() - self.t_start >= self.cfg.duration_s:
                     self.request_stop("duration")
                     break
                 if self.robot.finished():
@@ -237,10 +300,15 @@ class ControlLoop:
         except KeyboardInterrupt:
             self.request_stop("interrupted")
         finally:
+            self._stop.set()
+            if worker is not None:
+                worker.join(timeout=30.0)
             restore()
             if not self._robot_stopped:
                 self.robot.hold()
         log.info("realtime loop stopped: %s", self.stop_reason)
+        if self._worker_error is not None:
+            raise RuntimeError(self.stop_reason) from self._worker_error
         return self.telemetry.summary({"stop_reason": self.stop_reason})
 
     def _phase_lock(self) -> None:
@@ -258,8 +326,9 @@ class ControlLoop:
             err -= period  # the next frame is due just after this tick: move ticks later
         # asymmetric gain: move later quickly after a missed frame, earlier slowly (jitter-robust)
         shift = min(max(-(0.5 if err < 0 else 0.1) * err, -period / 4), period / 4)
-        self.t0 += shift
-        self.scheduler.t0 = self.t0
+        with self._lock:
+            self.t0 += shift
+            self.scheduler.t0 = self.t0
 
     def _install_sigint(self):
         """Ctrl-C -> clean stop after the current tick (only possible from the main thread)."""
