@@ -129,7 +129,8 @@ def bench_variants(encoders: dict, rounds: int) -> list[str]:
     return rows
 
 
-def bench_loop(encoder, head: str, rate_hz: float, seconds: float, ddim_steps: int) -> dict:
+def bench_loop(encoder, head: str, rate_hz: float, seconds: float, ddim_steps: int,
+               async_inference: bool) -> dict:
     policy = make_policy(encoder, head, 2, ddim_steps)
     cams = {n: SyntheticCamera(n, *FRAME, fps=30, seed=i).start() for i, n in enumerate(CAMS[:2])}
     try:
@@ -137,6 +138,7 @@ def bench_loop(encoder, head: str, rate_hz: float, seconds: float, ddim_steps: i
         batcher = TileBatcher(encoder, [FRAME, FRAME], warmup=3)
         period = 1.0 / rate_hz
         cfg = LoopConfig(rate_hz=rate_hz, duration_s=seconds, print_every_s=1e9,
+                         async_inference=async_inference,
                          safety=SafetyConfig(stale_s=0.5, max_step_s=10 * period))
         robot = DryRunRobot(4, np.zeros(4))
         loop = ControlLoop(policy, batcher, cams, robot, cfg, Telemetry(period, printer=None))
@@ -181,14 +183,17 @@ def main() -> None:
         variants[f"{loop_encoder.compute_dtype}, torch.compile"] = loop_encoder
     print("\n".join(bench_variants(variants, args.rounds)))
     print("\n### Closed loop: 2 synthetic 30 fps cameras, dry-run robot\n")
-    rows = ["| head | target | achieved Hz | latency p50 / p95 / p99 (ms) | encode p50 | policy p50 | "
-            "step CPU p50 / p99 | deadline misses | late actions | budget met |", "|" + " --- |" * 10]
-    for head, hz, budget in (("mlp", 30.0, 33.0), ("diffusion", 10.0, 100.0)):
-        s = bench_loop(loop_encoder, head, hz, args.seconds, args.ddim_steps)
+    rows = ["| head | inference | target | ticks/s | actions/s | latency p50 / p95 / p99 (ms) | encode p50 | "
+            "policy p50 | step CPU p50 / p99 | deadline misses | late actions | budget met |",
+            "|" + " --- |" * 12]
+    for head, hz, budget, mode in (("mlp", 30.0, 33.0, "sync"), ("mlp", 30.0, 33.0, "async"),
+                                   ("diffusion", 10.0, 100.0, "sync"), ("diffusion", 10.0, 100.0, "async")):
+        s = bench_loop(loop_encoder, head, hz, args.seconds, args.ddim_steps, mode == "async")
         lat, t = s["timing_ms"]["latency_ms"], s["timing_ms"]
         name = head if head == "mlp" else f"diffusion (DDIM {args.ddim_steps})"
         met = s["achieved_hz"] >= 0.95 * hz and lat["p99"] <= budget
-        rows.append(f"| {name} | {hz:.0f} Hz, p99 <= {budget:.0f} ms | {s['achieved_hz']:.1f} | "
+        rows.append(f"| {name} | {mode} | {hz:.0f} Hz, p99 <= {budget:.0f} ms | {s['achieved_hz']:.1f} | "
+                    f"{s['actions_sent'] / args.seconds:.1f} | "
                     f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} | {t['encode_ms']['p50']:.1f} | "
                     f"{t['policy_ms']['p50']:.1f} | {t['compute_cpu_ms']['p50']:.1f} / "
                     f"{t['compute_cpu_ms']['p99']:.1f} | {s['deadline_misses']}/{s['steps']} | "
