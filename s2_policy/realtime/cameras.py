@@ -162,8 +162,8 @@ class ThreadedCamera(CameraSource):
         while not self._stop.is_set():
             try:
                 self._open()
-            except OSError as e:
-                self._set_connected(False, str(e))
+            except Exception as e:  # OSError or a driver error: report it and retry, never kill the thread
+                self._set_connected(False, f"{type(e).__name__}: {e}")
                 self._stop.wait(self.reconnect_s)
                 continue
             self._set_connected(True)
