@@ -56,17 +56,27 @@ class TileBatcher:
                       for h, w in self.shapes]
         self._host_np = [t.numpy()[0] for t in self._host]
         self._inputs = [t.to(self.device) if on_cuda else t for t in self._host]
+        # the host buffers must not be overwritten while their previous async copy is still in flight
+        self._copied = torch.cuda.Event() if on_cuda else None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_out: torch.Tensor | None = None
-        for _ in range(max(warmup, 3 if cuda_graph else 0)):
-            self._run()
         if cuda_graph:
-            self._capture()
+            self._capture(max(warmup, 3))
+        else:
+            for _ in range(warmup):
+                self._run()
 
     def _run(self) -> torch.Tensor:
         return self.encoder.encode_cameras(self._inputs)[0]
 
-    def _capture(self) -> None:
+    def _capture(self, warmup: int) -> None:
+        # warm up on a side stream (allocator, cuBLAS/cuDNN handles), as the CUDA-graph docs require
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -78,6 +88,8 @@ class TileBatcher:
         """One RGB uint8 ``(H, W, 3)`` frame per camera -> features ``(K, out_dim)`` float32."""
         if len(images) != len(self.shapes):
             raise ValueError(f"expected {len(self.shapes)} camera frames, got {len(images)}")
+        if self._copied is not None:
+            self._copied.synchronize()
         for k, img in enumerate(images):
             if img.shape != self._host_np[k].shape or img.dtype != np.uint8:
                 raise ValueError(f"camera {k}: frame {img.shape} {img.dtype} does not match the fixed "
@@ -85,6 +97,8 @@ class TileBatcher:
             np.copyto(self._host_np[k], img)
             if self._inputs[k] is not self._host[k]:
                 self._inputs[k].copy_(self._host[k], non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
         if self._graph is not None:
             self._graph.replay()
             return self._static_out.clone()
