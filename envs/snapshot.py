@@ -1,6 +1,6 @@
 """Write one PNG per task showing every camera at the start of an episode and mid-way through the expert's.
 
-    python -m envs.snapshot --out docs/images --size 256
+python -m envs.snapshot --out docs/images --size 256
 """
 
 from __future__ import annotations
