@@ -2,10 +2,12 @@
 
     python benchmarks/bench_policy.py [--threads 1] [--steps 30] [--repeats 15]
 
-Training: ``Trainer``-equivalent steps (forward, backward, clip, AdamW, EMA for diffusion) on synthetic
-cached features shaped like the main job (2 cameras, F = 384 = s2p-tiny dim 192 x 2 scales, 2 obs steps,
-horizon 16, batch 256). Inference: one policy call (batch 1) from features (head only) and from images
-(s2p-tiny encoder, single scale and S2 [1, 2], 2 cameras x 2 obs steps of 128 px). Prints markdown tables
+Heads are built from the shipped ``configs/policy/{mlp,diffusion}.yaml`` with the batch sizes of
+``configs/train/{default,diffusion}.yaml``. Training: ``Trainer``-equivalent steps (forward, backward, clip,
+AdamW, EMA for diffusion) on synthetic cached features shaped like the main job (2 cameras, S2 tokens
+(65, 384) = 8x8 grid + CLS of s2p-tiny dim 192 x 2 scales, 2 obs steps). Inference: one policy call
+(batch 1) from features (head only) and from images (s2p-tiny, single scale and S2 [1, 2], token pooling,
+2 cameras x 2 obs steps of 128 px). Prints markdown tables
 of medians; timings interleave the configurations round-robin so machine noise hits all of them alike.
 """
 
@@ -14,22 +16,33 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
+from omegaconf import OmegaConf
 
 from s2_policy.policies import LinearNormalizer, Policy
 
 CAMS = ["front", "wrist"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TRAIN_CFG = {"mlp": "default", "diffusion": "diffusion"}
 
 
-def make_policy(head: str, feat: int, encoder=None) -> Policy:
+def policy_config(head: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONFIGS / "policy" / f"{head}.yaml"))
+
+
+def train_batch_size(head: str) -> int:
+    return int(OmegaConf.load(CONFIGS / "train" / f"{TRAIN_CFG[head]}.yaml").batch_size)
+
+
+def make_policy(head: str, feat: tuple[int, ...], encoder=None) -> Policy:
     rng = np.random.default_rng(0)
     norm = LinearNormalizer().fit({"state": rng.normal(size=(500, 4)),
                                    "action": rng.uniform(-1, 1, (500, 4))})
-    cfg = {"head": head, "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8}
-    return Policy(cfg, feat, CAMS, 4, 4, norm, encoder=encoder)
+    return Policy(policy_config(head), feat, CAMS, 4, 4, norm, encoder=encoder)
 
 
 def main() -> None:
@@ -37,13 +50,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=30, help="timed training steps per head and round")
     ap.add_argument("--repeats", type=int, default=15, help="timed inference calls per configuration")
-    ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    feat, b = 384, args.batch
-    batch = {"obs": {c: torch.randn(b, 2, feat) for c in CAMS} | {"state": torch.randn(b, 2, 4)},
-             "action": torch.rand(b, 16, 4) * 2 - 1}
+    feat = (65, 384)
+
+    def make_batch(b: int) -> dict:
+        return {"obs": {c: torch.randn(b, 2, *feat) for c in CAMS} | {"state": torch.randn(b, 2, 4)},
+                "action": torch.rand(b, 16, 4) * 2 - 1}
 
     # -- training steps/s --------------------------------------------------------------------------------
     trainers = {}
@@ -52,10 +66,10 @@ def main() -> None:
         params = list(p.core.parameters())
         opt = torch.optim.AdamW(params, lr=1e-4)
         ema = EMAModel(params, power=0.75) if head == "diffusion" else None
-        trainers[head] = (p, params, opt, ema)
+        trainers[head] = (p, params, opt, ema, make_batch(train_batch_size(head)))
 
     def train_steps(head: str, n: int) -> float:
-        p, params, opt, ema = trainers[head]
+        p, params, opt, ema, batch = trainers[head]
         t = time.perf_counter()
         for _ in range(n):
             loss = p.compute_loss(batch)
@@ -73,27 +87,28 @@ def main() -> None:
     for _ in range(3):
         for h in trainers:
             rates[h].append(train_steps(h, args.steps))
-    print(f"## Training on cached features (batch {b}, {args.threads} thread(s))\n")
-    print("| head | trainable params | steps/s (median of 3) | ms/step |")
-    print("|---|---|---|---|")
+    print(f"## Training on cached token features ({args.threads} thread(s))\n")
+    print("| head | batch | trainable params | steps/s (median of 3) | ms/step |")
+    print("|---|---|---|---|---|")
     for h, r in rates.items():
         m = statistics.median(r)
-        print(f"| {h} | {trainers[h][0].trainable_parameters():,} | {m:.1f} | {1000 / m:.1f} |")
+        print(f"| {h} | {train_batch_size(h)} | {trainers[h][0].trainable_parameters():,} | {m:.1f} | "
+              f"{1000 / m:.1f} |")
 
     # -- inference latency ----------------------------------------------------------------------------------
     from s2_policy.encoders import build_encoder
 
-    encs = {"single": build_encoder({"backbone": "s2p-tiny", "scales": [1]}),
-            "s2": build_encoder({"backbone": "s2p-tiny", "scales": [1, 2]})}
+    encs = {"single": build_encoder({"backbone": "s2p-tiny", "scales": [1], "pooling": "tokens"}),
+            "s2": build_encoder({"backbone": "s2p-tiny", "scales": [1, 2], "pooling": "tokens"})}
     configs = {}
     for head in ("mlp", "diffusion"):
         p = trainers[head][0]
         p.eval()
-        feats = torch.randn(1, 2, 2, feat)
+        feats = torch.randn(1, 2, 2, *feat)
         state = torch.zeros(1, 2, 4)
         configs[f"{head} head only (features)"] = lambda p=p, f=feats, s=state: p.predict_from_features(f, s)
         for name, enc in encs.items():
-            q = make_policy(head, enc.out_dim, encoder=enc)
+            q = make_policy(head, (65, enc.out_dim), encoder=enc)
             q.eval()
             obs = {c: np.random.randint(0, 256, (1, 2, 128, 128, 3), np.uint8) for c in CAMS}
             obs["state"] = np.zeros((1, 2, 4), np.float32)
