@@ -9,8 +9,10 @@ re-running resumes with the next untried seed and adds only the missing episodes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,42 @@ def _episodes(
         yield from pool.imap(_run_episode, seeds)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold ``<store>.lock`` (holding the writer's pid) so that two collections never append to one store."""
+    lock = path.with_name(path.name + ".lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            text = lock.read_text().strip() if lock.exists() else ""
+            if text.isdigit() and _pid_alive(int(text)):
+                raise RuntimeError(
+                    f"{path} is being written by process {text} (lock file {lock}); wait for it to finish, "
+                    "or stop it, then run again"
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a writer that died: take over
+    else:
+        raise RuntimeError(f"could not take the lock {lock}; another collection keeps recreating it")
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def collect_demos(
     task_cfg: Any,
     out_path: str | Path,
@@ -134,21 +172,30 @@ def collect_demos(
     and only the missing ones are collected, continuing after the last seed tried. Failed episodes are not
     stored; their seeds are logged and kept in the ``failed_seeds`` attribute. Gives up with RuntimeError
     after ``max_attempts`` new candidates (default ``2 * missing + 10``) so a broken expert cannot loop
-    forever.
+    forever. A ``<out_path>.lock`` file keeps a second collection from writing the same store concurrently.
     """
     from envs.registry import _plain
-    from s2_policy.data.store import ReplayStore
 
     if n_episodes < 0:
         raise ValueError(f"n_episodes must be >= 0, got {n_episodes}")
     cfg = _plain(task_cfg)
     path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path):
+        return _collect(cfg, path, n_episodes, n_workers, seed, max_attempts, progress)
+
+
+def _collect(
+    cfg: dict[str, Any], path: Path, n_episodes: int, n_workers: int, seed: int, max_attempts: int | None,
+    progress: bool,
+) -> Path:  # fmt: skip
+    from s2_policy.data.store import ReplayStore
+
     attrs = _store_attrs(cfg, seed)
     if path.exists():
         store = ReplayStore.open(path, mode="a")
         _check_resume(path, store.attrs, attrs)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
         store = ReplayStore.create(path, attrs={**attrs, "episode_seeds": [], "failed_seeds": []})
     # Seeds are recorded just before each append: entries past n_episodes were never committed.
     kept = list(store.attrs.get("episode_seeds", []))[: store.n_episodes]

@@ -1,5 +1,6 @@
 """Demonstration collection: valid store, resumability, failure reporting, settings checks, the command."""
 
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,16 @@ def test_collect_command(tmp_path):
     store = ReplayStore.open(out)
     assert store.n_episodes == 1 and store.attrs["env_id"] == "s2_policy/PickMarkedCube-v0"
     assert store["front"].shape[1:] == (24, 24, 3)
+
+
+def test_concurrent_collection_is_refused_and_stale_locks_are_taken_over(tmp_path):
+    out = tmp_path / "d.zarr"
+    lock = tmp_path / "d.zarr.lock"
+    lock.write_text(str(os.getpid()))  # a live writer
+    with pytest.raises(RuntimeError, match="being written by process"):
+        collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # its writer died
+    collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
+    assert ReplayStore.open(out).n_episodes == 1 and not lock.exists()
