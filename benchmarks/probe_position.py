@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="render size (S2 [1, 2] on a 64-px backbone)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="auto", help="encoder precision (auto: bf16 on bf16 CPUs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -114,21 +115,20 @@ def main() -> None:
     rows = []
     for init, ckpt in (("MAE (in-domain)", args.checkpoint), ("random init", None)):
         for scales in ([1], [1, 2]):
-            for pooling in ("cls", "mean"):
-                feats = encode(
-                    {
-                        "backbone": args.backbone,
-                        "checkpoint": ckpt,
-                        "scales": scales,
-                        "pooling": pooling,
-                        "precision": "fp32",
-                    },
-                    frames,
-                )
-                res = ridge_probe(feats, y, split)
-                rows.append((init, str(scales), pooling, feats.shape[1], res))
+            cfg = {
+                "backbone": args.backbone,
+                "checkpoint": ckpt,
+                "scales": scales,
+                "pooling": "cls+mean",
+                "precision": args.precision,
+            }
+            both = encode(cfg, frames)  # [CLS over scales | mean over scales]: one pass for both poolings
+            dim = both.shape[1] // 2
+            for pooling, feats in (("cls", both[:, :dim]), ("mean", both[:, dim:])):
+                rows.append((init, str(scales), pooling, dim, ridge_probe(feats, y, split)))
     print(
-        f"Linear probe of cube position, {args.backbone}, camera `{args.camera}` ({args.size} px renders), "
+        f"Linear probe of cube position, {args.backbone} ({args.precision}), camera `{args.camera}` "
+        f"({args.size} px renders), "
         "frozen features, ridge regression; test split\n"
     )
     print("| init | S2 scales | pooling | dim | R^2 x | R^2 y | R^2 z | mean error (cm) |")
