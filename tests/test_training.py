@@ -45,27 +45,30 @@ exec(SYNTH)
 synth, make_policy = synth, make_policy  # noqa: F821 (defined by exec(SYNTH); named here for linters)
 
 SCRIPT = SYNTH + '''
-import sys, time, torch
+import os, sys, time, torch
 import torch.distributed as dist
 from s2_policy.training.trainer import TrainConfig, Trainer
-torch.set_num_threads(1)
-out, head, steps, sleep = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-if "WORLD_SIZE" in __import__("os").environ:
-    dist.init_process_group("gloo")
-torch.manual_seed(0)   # the head's initial weights
-data = synth()
-pol = make_policy(data, head)
-def rollout(p, step):
-    time.sleep(sleep)
-    return {"success_rate": (step % 7) / 7}
-cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=5, log_every=5, val_every=20,
-                  rollout_every=3, ckpt_every=5, progress=False, seed=3)
-res = Trainer(pol, data, synth(n=32, seed=1), cfg, out, rollout_fn=rollout).fit()
-if dist.is_initialized():
-    rank = dist.get_rank()
-    torch.save(pol.core.state_dict(), f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
-print("STEPS_RUN", res["steps_run"])
+
+def run(out, head, steps, sleep):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)   # the head's initial weights
+    data = synth()
+    pol = make_policy(data, head)
+    def rollout(p, step):
+        time.sleep(sleep)
+        return {"success_rate": (step % 7) / 7}
+    cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=5, log_every=5, val_every=20,
+                      rollout_every=3, ckpt_every=5, progress=False, seed=3)
+    return pol, Trainer(pol, data, synth(n=32, seed=1), cfg, out, rollout_fn=rollout).fit()
+
+if __name__ == "__main__":
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group("gloo")
+    pol, res = run(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    if dist.is_initialized():
+        torch.save(pol.core.state_dict(), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+        dist.destroy_process_group()
+    print("STEPS_RUN", res["steps_run"])
 '''
 
 
@@ -143,9 +146,9 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     script = tmp_path / "train_script.py"
     script.write_text(SCRIPT)
     steps = "20"
-    ref = subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "diffusion", steps, "0"],
-                         env=_env(), capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr
+    ns: dict = {}
+    exec(SCRIPT, ns)                        # the uninterrupted reference run, in this process
+    ns["run"](str(tmp_path / "ref"), "diffusion", int(steps), 0.0)
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(script), str(run), "diffusion", steps, "0.15"], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
