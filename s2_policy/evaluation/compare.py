@@ -103,12 +103,12 @@ def bar_chart(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title:
     x = np.arange(len(rows))
     rate = np.array([r["success_rate"] for r in rows])
     err = np.array([[r["success_rate"] - r["ci95"][0], r["ci95"][1] - r["success_rate"]] for r in rows]).T
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 + 1.6 * len(rows)), 3.6), dpi=120)
     ax.bar(x, rate, yerr=err, capsize=6, color="#4C72B0", alpha=0.85)
     ax.set_xticks(x, [r["label"] for r in rows], rotation=15, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (Wilson 95% CI)")
-    ax.set_title(title or (rows[0].get("task") or ""))
+    ax.set_title(title or (rows[0].get("task") or ""), fontsize=9)
     for i, r in enumerate(rows):
         ax.text(i, 0.02, f"{r['gflops_per_step']:.1f} GF", ha="center", va="bottom", fontsize=8,
                 color="white")
