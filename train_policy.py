@@ -37,7 +37,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from s2_policy.collect import collect_demos
     from s2_policy.data.feature_cache import ensure_feature_cache
     from s2_policy.data.sequence import SequenceDataset
-    from s2_policy.data.store import ReplayStore
     from s2_policy.encoders import build_encoder
     from s2_policy.evaluation.evaluate import evaluate_policy, format_result, write_json
     from s2_policy.evaluation.profile import encoder_profile, task_image_sizes
@@ -61,11 +60,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 1. demonstrations
     t = time.perf_counter()
     if rank == 0:
-        have = ReplayStore.open(store_path, mode="r").n_episodes if store_path.exists() else 0
-        if have < task["n_demos"]:
-            log.info("collecting %d demos into %s (have %d)", task["n_demos"], store_path, have)
-            collect_demos(task, store_path, task["n_demos"], n_workers=cfg.collect.n_workers,
-                          seed=cfg.collect.seed)
+        # Always through collect_demos: a no-op on a full store, it tops up a short one and refuses a store
+        # written by another task version or other settings (instead of silently training on stale demos).
+        collect_demos(task, store_path, task["n_demos"], n_workers=cfg.collect.n_workers,
+                      seed=cfg.collect.seed)
     _barrier()
     timings["collect_s"] = time.perf_counter() - t
 
