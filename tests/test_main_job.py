@@ -53,3 +53,17 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
 
     rows = compare([str(run_dir / "result.json"), str(out)], tmp_path / "cmp")["rows"]
     assert rows[0]["label"] == "tiny" and rows[0]["n_seeds"] == 2 and rows[0]["episodes"] == 3
+
+
+@pytest.mark.slow
+def test_joblib_multirun_sends_the_job_to_workers(tmp_path):
+    """`-m hydra/launcher=joblib` pickles the task function: it must reach the loky workers and run."""
+    sweep = tmp_path / "sweep"
+    _run([str(REPO / "train_policy.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1",
+          f"hydra.sweep.dir={sweep}", f"task.dataset={tmp_path / 'pick.zarr'}", "task.n_demos=1",
+          "task.max_episode_steps=30", "task.env_kwargs.image_size=64", "s2=single", "train=smoke",
+          "train.steps=2", "eval.n_episodes=1", "eval.n_videos=0", "eval.profile_encoder=false",
+          "collect.n_workers=0", "seed=0,1"], cwd=tmp_path)
+    results = sorted(sweep.glob("*/result.json"))
+    assert len(results) == 2, list(sweep.iterdir())
+    assert {json.loads(r.read_text())["seed"] for r in results} == {0, 1}
