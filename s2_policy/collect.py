@@ -106,6 +106,18 @@ def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
         )
 
 
+def _already_full(cfg: dict[str, Any], path: Path, n_episodes: int, seed: int) -> bool:
+    """True when the store at ``path`` matches this task config (else ValueError) and is full."""
+    from s2_policy.data.store import ReplayStore
+
+    store = ReplayStore.open(path, mode="r")
+    _check_resume(path, store.attrs, _store_attrs(cfg, seed))
+    if store.n_episodes >= n_episodes:
+        log.info("%s already holds %d episodes (asked for %d)", path, store.n_episodes, n_episodes)
+        return True
+    return False
+
+
 def _episodes(
     cfg: dict[str, Any], seeds: Iterator[int], n_workers: int
 ) -> Iterator[tuple[int, bool, int, dict[str, np.ndarray] | None]]:
@@ -180,6 +192,8 @@ def collect_demos(
         raise ValueError(f"n_episodes must be >= 0, got {n_episodes}")
     cfg = _plain(task_cfg)
     path = Path(out_path)
+    if path.exists() and _already_full(cfg, path, n_episodes, seed):
+        return path  # read-only: parallel jobs (sweeps) sharing a full store neither lock nor write it
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path):
         return _collect(cfg, path, n_episodes, n_workers, seed, max_attempts, progress)

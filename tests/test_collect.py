@@ -117,3 +117,13 @@ def test_concurrent_collection_is_refused_and_stale_locks_are_taken_over(tmp_pat
     lock.write_text(str(dead.pid))  # its writer died
     collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
     assert ReplayStore.open(out).n_episodes == 1 and not lock.exists()
+    # A full store is only read: a job sharing it with a live writer (a parallel sweep) goes on ...
+    lock.write_text(str(os.getpid()))
+    assert collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False) == out
+    # ... while one that would have to append still refuses, and a stale store is refused without writing.
+    with pytest.raises(RuntimeError, match="being written by process"):
+        collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False)
+    lock.unlink()
+    with pytest.raises(ValueError, match="different settings"):
+        collect_demos(_cfg(env_kwargs={"image_size": 48, "terminate_on_success": True}), out, n_episodes=1,
+                      n_workers=0, progress=False)
