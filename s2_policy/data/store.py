@@ -32,8 +32,8 @@ __all__ = ["ReplayStore", "IMAGE_CODECS", "is_image_array"]
 
 WRITER = "s2_policy.data.store"
 
-# Image compression choices (measured in docs/benchmarks/data.md). Blosc without shuffle: images are
-# uint8, for which byte shuffling is a no-op.
+# Image compression choices (measured in BENCHMARKS.md, "Data-layer benchmarks"). Blosc without shuffle:
+# images are uint8, for which byte shuffling is a no-op.
 IMAGE_CODECS: dict[str, dict[str, Any]] = {
     "zstd": {"cname": "zstd", "clevel": 3},
     "lz4": {"cname": "lz4", "clevel": 5},
