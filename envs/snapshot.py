@@ -6,13 +6,13 @@ python -m envs.snapshot --out docs/images --size 256
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
 import envs
+from s2_policy.atomic import atomic_path
 
 
 def _frames(env_id: str, size: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
@@ -50,12 +50,10 @@ def save_task_png(name: str, out_dir: Path, size: int = 256, seed: int = 0) -> P
             ax.axis("off")
     fig.suptitle(f"{envs.TASKS[name]}  (seed {seed}, {size} px)", fontsize=10)
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from s2_policy.atomic import atomic_path, atomic_write_text
 from s2_policy.evaluation.stats import fisher_exact, wilson_interval
 
 
@@ -113,11 +113,9 @@ def bar_chart(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title:
         ax.text(i, 0.02, f"{r['gflops_per_step']:.1f} GF", ha="center", va="bottom", fontsize=8,
                 color="white")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -129,10 +127,7 @@ def compare(patterns: Sequence[str], out_dir: str | os.PathLike, baseline: str |
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     md = out / "comparison.md"
-    fd, tmp = tempfile.mkstemp(prefix=".comparison.", suffix=".md", dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"# {title}\n\n{table}" if title else table)
-    os.replace(tmp, md)
+    atomic_write_text(md, f"# {title}\n\n{table}" if title else table)
     png = bar_chart(rows, out / "comparison.png", title)
     from s2_policy.evaluation.evaluate import write_json
 

@@ -8,10 +8,8 @@ the checkpoint; ``task=...`` overrides it with a ``configs/task`` name.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from s2_policy.atomic import atomic_write_json
 from s2_policy.evaluation.rollout import EnvSpec, run_rollouts
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,7 @@ def evaluate_policy(policy: Any, task: Mapping[str, Any], n_episodes: int = 50, 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Atomic JSON write (temp file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, obj, default=_json_default)
 
 
 def _json_default(x: Any) -> Any:

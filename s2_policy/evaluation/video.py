@@ -9,6 +9,8 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
+from s2_policy.atomic import atomic_path
+
 
 def tile_cameras(obs: Mapping[str, np.ndarray], cameras: Sequence[str], height: int = 128) -> np.ndarray:
     """Side-by-side uint8 frame of several camera images, each resized (nearest) to ``height`` rows."""
@@ -29,12 +31,10 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float 
     path = Path(path)
     if not frames:
         raise ValueError(f"no frames to write to {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     # even sizes: yuv420p (the widely playable pixel format) needs them
     h, w = (s - s % 2 for s in frames[0].shape[:2])
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, pixelformat="yuv420p") as wr:
+    with atomic_path(path) as tmp, imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1,
+                                                      pixelformat="yuv420p") as wr:
         for f in frames:
             wr.append_data(np.ascontiguousarray(f[:h, :w]))
-    os.replace(tmp, path)
     return path

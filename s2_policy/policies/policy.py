@@ -9,7 +9,6 @@ encoder identity) and :meth:`Policy.load` rebuilds and verifies the encoder from
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from s2_policy.atomic import atomic_torch_save
 from s2_policy.policies.diffusion_head import DiffusionHead
 from s2_policy.policies.mlp_head import MLPHead
 from s2_policy.policies.normalizer import LinearNormalizer
@@ -297,21 +297,3 @@ class Policy(nn.Module):
             raise FileNotFoundError(f"policy checkpoint {path} does not exist")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         return cls.from_checkpoint_dict(ckpt, device=device, load_encoder=load_encoder)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

@@ -23,6 +23,8 @@ import torch
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
+from s2_policy.atomic import atomic_path, atomic_write_json
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -134,12 +136,6 @@ def render_frames(cfg: FrameConfig, progress: bool = True) -> np.ndarray:
     return np.stack(views)
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def load_or_render_frames(cfg: FrameConfig, cache: str | os.PathLike, progress: bool = True) -> np.ndarray:
     """Frames from the ``cache`` ``.npy`` file if it was made with the same settings, else render and cache.
 
@@ -155,12 +151,9 @@ def load_or_render_frames(cfg: FrameConfig, cache: str | os.PathLike, progress: 
             return np.load(path, mmap_mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = render_frames(cfg, progress=progress)
-    _atomic_save_npy(path, frames)
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(
-        json.dumps({"key": cfg.key(), "config": asdict(cfg), "shape": list(frames.shape)}, indent=2)
-    )
-    os.replace(tmp_meta, meta_path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, frames)
+    atomic_write_json(meta_path, {"key": cfg.key(), "config": asdict(cfg), "shape": list(frames.shape)})
     return np.load(path, mmap_mode="r")
 
 

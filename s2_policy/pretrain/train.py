@@ -21,21 +21,13 @@ from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
+from s2_policy.atomic import atomic_path, atomic_torch_save
 from s2_policy.pretrain.data import FrameConfig, FrameSampler, load_or_render_frames
 from s2_policy.pretrain.mae import MAEConfig, MaskedAutoencoder
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "loss.csv"
 LOG_FIELDS = ["step", "loss", "lr", "elapsed_s"]
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def build_model(model_cfg: DictConfig | dict) -> MaskedAutoencoder:
@@ -72,12 +64,10 @@ def _read_log(path: Path, up_to_step: int) -> list[dict[str, str]]:
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def train_mae(

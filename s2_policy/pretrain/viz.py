@@ -13,18 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from s2_policy.atomic import atomic_path
 from s2_policy.pretrain.data import FrameSampler  # noqa: E402
 from s2_policy.pretrain.mae import MaskedAutoencoder  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def plot_loss(log_csv: str | os.PathLike, png: str | os.PathLike, title: str = "MAE pre-training") -> Path:

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from s2_policy.atomic import atomic_write_text
 
 #: Timing fields summarised with percentiles (milliseconds).
 TIMING_KEYS = ("latency_ms", "frame_age_ms", "encode_ms", "policy_ms", "compute_cpu_ms", "step_ms",
@@ -51,22 +52,6 @@ def percentiles(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, 
     out = {f"p{q:g}": float(np.percentile(a, q)) for q in qs}
     out.update(max=float(a.max()), mean=float(a.mean()), n=int(a.size))
     return out
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace`` (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Telemetry:

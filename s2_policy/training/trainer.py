@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from s2_policy.policies.policy import Policy, atomic_torch_save
+from s2_policy.atomic import atomic_torch_save
+from s2_policy.policies.policy import Policy
 
 log = logging.getLogger(__name__)
 
