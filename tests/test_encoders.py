@@ -23,15 +23,6 @@ from s2_policy.encoders.preprocess import Preprocessor
 from s2_policy.s2 import multiscale_forward
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 threads stall on each other in every small op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def enc32() -> S2Encoder:
     return build_encoder(EncoderConfig(backbone="s2p-tiny", scales=[1, 2], precision="fp32"))

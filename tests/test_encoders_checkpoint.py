@@ -17,13 +17,6 @@ _VITS = dict(img_size=224, patch_size=16, embed_dim=384, depth=2, num_heads=12, 
              norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_classes=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def reference() -> VisionTransformer:

@@ -14,8 +14,6 @@ from s2_policy.evaluation.evaluate import evaluate_policy
 from s2_policy.evaluation.rollout import EnvSpec, run_rollouts
 from s2_policy.evaluation.stats import fisher_exact, two_proportion_z, wilson_interval
 
-torch.set_num_threads(1)
-
 
 class PushRight:
     """Features-free fake policy: reads the images/state it is given and always pushes right."""

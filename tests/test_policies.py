@@ -10,7 +10,6 @@ from s2_policy.policies import DiffusionHead, LinearNormalizer, MLPHead, Policy
 from s2_policy.policies.unet1d import ConditionalUnet1D
 
 CAMS = ["front", "wrist"]
-torch.set_num_threads(1)   # tiny models: one thread is ~20x faster than two on a busy 2-core machine
 
 
 def _normalizer(d: int = 4, a: int = 4) -> LinearNormalizer:

@@ -22,14 +22,6 @@ SMALL = MAEConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and spinning threads only slow a shared 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _synthetic_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """Images with structure an MAE can learn: a flat background and a coloured square at a random place."""

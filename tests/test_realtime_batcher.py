@@ -8,15 +8,6 @@ from s2_policy.encoders import EncoderConfig, build_encoder
 from s2_policy.realtime.batcher import TileBatcher, encode_naive
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: steadier (and on a shared 2-core CI machine faster) for these tiny models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def frames():
     rng = np.random.default_rng(0)

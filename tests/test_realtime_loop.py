@@ -44,14 +44,6 @@ def make_policy(n_action_steps=4) -> Policy:
     return Policy(cfg, feature_dim=3, cameras=CAMS, state_dim=4, action_dim=4, normalizer=norm).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with 2 on an oversubscribed 2-core machine even this tiny MLP takes ~70 ms."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def cams():

@@ -18,13 +18,6 @@ from s2_policy.realtime.runner import run_realtime
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_sim_robot_runs_in_real_time_and_publishes_cameras():
     robot = SimRobot.from_env_id("s2_policy/PickCube-v0", ["front", "wrist"], control_hz=20, image_size=32)

@@ -18,13 +18,6 @@ from s2_policy.encoders import build_encoder  # noqa: E402
 _KW = {"backbone": "s2p-tiny", "scales": [1, 2], "precision": "fp32"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_visual_core_resolves_backbone_by_name():
     core = VisualCore(input_shape=(3, 84, 84), backbone_class="S2Backbone", pool_class=None,

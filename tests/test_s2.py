@@ -13,15 +13,6 @@ from hypothesis import strategies as st
 from s2_policy.s2 import TilingPlan, get_plan, multiscale_forward, token_grid
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 threads stall on each other in every small op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _hw(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 

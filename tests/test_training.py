@@ -16,7 +16,6 @@ import torch
 from s2_policy.policies import Policy
 from s2_policy.training.trainer import TrainConfig, Trainer
 
-torch.set_num_threads(1)   # tiny models: one thread is ~20x faster than two on a busy 2-core machine
 REPO = Path(__file__).resolve().parents[1]
 
 # Synthetic cached-feature windows whose actions depend on the features: shared with the subprocess script.
