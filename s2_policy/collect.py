@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,23 +145,33 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold ``<store>.lock`` (holding the writer's pid) so that two collections never append to one store."""
+def _exclusive(path: Path, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold ``<store>.lock`` (holding the writer's pid) so that two collections never append to one store.
+
+    A live writer's lock is waited for up to ``wait_s`` seconds (then RuntimeError); a dead writer's is taken.
+    """
     lock = path.with_name(path.name + ".lock")
-    for _ in range(2):
+    deadline = time.monotonic() + wait_s
+    takeovers = 0
+    while True:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
             text = lock.read_text().strip() if lock.exists() else ""
             if text.isdigit() and _pid_alive(int(text)):
+                if time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
                 raise RuntimeError(
                     f"{path} is being written by process {text} (lock file {lock}); wait for it to finish, "
                     "or stop it, then run again"
                 ) from None
+            takeovers += 1
+            if takeovers > 2:
+                msg = f"could not take the lock {lock}; another collection keeps recreating it"
+                raise RuntimeError(msg) from None
             lock.unlink(missing_ok=True)  # left by a writer that died: take over
-    else:
-        raise RuntimeError(f"could not take the lock {lock}; another collection keeps recreating it")
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
     try:
@@ -177,6 +188,7 @@ def collect_demos(
     seed: int = 0,
     max_attempts: int | None = None,
     progress: bool = True,
+    wait_s: float = 0.0,
 ) -> Path:
     """Fill the store at ``out_path`` with ``n_episodes`` successful expert episodes; returns the path.
 
@@ -184,7 +196,9 @@ def collect_demos(
     and only the missing ones are collected, continuing after the last seed tried. Failed episodes are not
     stored; their seeds are logged and kept in the ``failed_seeds`` attribute. Gives up with RuntimeError
     after ``max_attempts`` new candidates (default ``2 * missing + 10``) so a broken expert cannot loop
-    forever. A ``<out_path>.lock`` file keeps a second collection from writing the same store concurrently.
+    forever. A ``<out_path>.lock`` file keeps a second collection from writing the same store concurrently:
+    with ``wait_s > 0`` a second caller waits that long for the first to finish (parallel sweep jobs), then
+    finds the store full and only reads it; with 0 it fails at once.
     """
     from envs.registry import _plain
 
@@ -195,7 +209,7 @@ def collect_demos(
     if path.exists() and _already_full(cfg, path, n_episodes, seed):
         return path  # read-only: parallel jobs (sweeps) sharing a full store neither lock nor write it
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(path):
+    with _exclusive(path, wait_s):
         return _collect(cfg, path, n_episodes, n_workers, seed, max_attempts, progress)
 
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -127,3 +128,18 @@ def test_concurrent_collection_is_refused_and_stale_locks_are_taken_over(tmp_pat
     with pytest.raises(ValueError, match="different settings"):
         collect_demos(_cfg(env_kwargs={"image_size": 48, "terminate_on_success": True}), out, n_episodes=1,
                       n_workers=0, progress=False)
+
+
+def test_waiting_collector_goes_on_when_the_writer_finishes(tmp_path):
+    """Sweep jobs starting on a missing store: the second waits for the first instead of failing."""
+    out = tmp_path / "d.zarr"
+    lock = tmp_path / "d.zarr.lock"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2.5)"])
+    lock.write_text(str(writer.pid))  # a live writer holds the store for ~2.5 s
+    reaper = threading.Thread(target=writer.wait)  # as its own parent would: no zombie that looks alive
+    reaper.start()
+    with pytest.raises(RuntimeError, match="being written by process"):
+        collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
+    collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False, wait_s=30)
+    reaper.join()
+    assert ReplayStore.open(out).n_episodes == 1 and not lock.exists()

@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # Always through collect_demos: a no-op on a full store, it tops up a short one and refuses a store
         # written by another task version or other settings (instead of silently training on stale demos).
         collect_demos(task, store_path, task["n_demos"], n_workers=cfg.collect.n_workers,
-                      seed=cfg.collect.seed)
+                      seed=cfg.collect.seed, wait_s=cfg.collect.wait_s)
     _barrier()
     timings["collect_s"] = time.perf_counter() - t
 
