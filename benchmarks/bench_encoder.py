@@ -8,8 +8,9 @@ count: median latency of both, their ratio, the cosine similarity of the feature
     python benchmarks/bench_encoder.py --models s2p-tiny --repeats 20 --ref-repeats 5
     python benchmarks/bench_encoder.py --device cuda   # on a GPU: bf16/fp16, p50/p99
 
-Weights are random (timm ``vit_base_patch16_224`` without download): speed and fp32-vs-low-precision
-agreement do not depend on what the weights learnt.
+Each ``--precisions`` entry is one S2Encoder row (``auto`` is the default encoder). ViT-B has random weights
+(timm ``vit_base_patch16_224`` without download); s2p-tiny uses the shipped MAE weights, whose trained
+activation ranges are the honest test of int8 agreement.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from s2_policy.encoders import EncoderConfig, S2Encoder, build_encoder, cpu_has_bf16
+from s2_policy.runtime import configure_cpu
 
-MODELS = {
-    "vit_base_patch16_224": [224, 448],
-    "s2p-tiny": [64, 128],
+MODELS = {  # name: (img_sizes, checkpoint)
+    "vit_base_patch16_224": ([224, 448], None),
+    "s2p-tiny": ([64, 128], "builtin:s2p-tiny-mae.pth"),
 }
 
 
@@ -81,6 +83,17 @@ def gemm_peak(dtype: torch.dtype, device: torch.device, repeats: int) -> tuple[f
     return best, best_shape
 
 
+def int8_gemm_peak(device: torch.device, repeats: int) -> float:
+    """Best GOP/s (2 x MACs) of torch._int_mm (int8 x int8 -> int32) over the ViT-B shapes."""
+    best = 0.0
+    for m, k, n in [(1970, 768, 3072), (1970, 3072, 768), (1970, 768, 2304)]:
+        a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device=device)
+        b = torch.randint(-127, 128, (k, n), dtype=torch.int8, device=device)
+        t = statistics.median(timeit(lambda a=a, b=b: torch._int_mm(a, b), repeats, 2, device))
+        best = max(best, 2 * m * k * n / t / 1e9)
+    return best
+
+
 def reference_features(
     model: torch.nn.Module, x: torch.Tensor, img_sizes: list[int], tile: int
 ) -> torch.Tensor:
@@ -107,14 +120,18 @@ def backbone_flops(encoder: S2Encoder, n_images: int) -> int:
     return counter.get_total_flops()
 
 
-def bench_model(name: str, img_sizes: list[int], cameras: list[int], args: argparse.Namespace,
-                device: torch.device) -> list[dict[str, object]]:
-    """Rows for one backbone: for each camera count, ours vs the fp32 per-scale reference."""
-    ours = build_encoder(EncoderConfig(backbone=name, img_sizes=img_sizes, device=str(device),
-                                       precision=args.precision, compile=args.compile))
-    ref = build_encoder(EncoderConfig(backbone=name, img_sizes=img_sizes, device=str(device),
-                                      precision="fp32"))
-    tile = ours.native_size[0]
+def bench_model(name: str, img_sizes: list[int], checkpoint: str | None, cameras: list[int],
+                args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
+    """Rows for one backbone: for each camera count and precision, S2Encoder vs the fp32 per-scale reference.
+
+    The reference and every precision are timed round robin in one loop, so load changes hit all alike.
+    """
+    common = {"backbone": name, "img_sizes": img_sizes, "checkpoint": checkpoint, "device": str(device)}
+    ours = {}
+    for precision in args.precisions:
+        ours[precision] = build_encoder(EncoderConfig(**common, precision=precision, compile=args.compile))
+    ref = build_encoder(EncoderConfig(**common, precision="fp32"))
+    tile = ref.native_size[0]
     rng = np.random.default_rng(0)
     rows = []
     for k in cameras:
@@ -122,28 +139,34 @@ def bench_model(name: str, img_sizes: list[int], cameras: list[int], args: argpa
         frames = [torch.from_numpy(rng.integers(0, 256, (1, side, side, 3), dtype=np.uint8))
                   for _ in range(k)]
 
-        def run_ours(frames=frames):
-            return ours.encode_cameras(frames)
-
         def run_ref(frames=frames):
             with torch.inference_mode():
                 x = torch.cat([ref.preprocess(f) for f in frames], dim=0)
                 return reference_features(ref.backbone, x, img_sizes, tile)
 
-        t_ours, t_ref = timeit_interleaved([run_ours, run_ref], [args.repeats, args.ref_repeats], 1, device)
-        a = run_ours().reshape(k, -1).float()
+        runs = [lambda enc=enc, frames=frames: enc.encode_cameras(frames) for enc in ours.values()]
+        times = timeit_interleaved([*runs, run_ref], [args.repeats] * len(runs) + [args.ref_repeats], 1,
+                                   device)
         r = run_ref().reshape(k, -1).float()
-        cos = F.cosine_similarity(a, r, dim=-1).min().item()
-        flops = backbone_flops(ours, k)
-        med, med_ref = statistics.median(t_ours), statistics.median(t_ref)
-        rate = flops / med / 1e9
-        rows.append({
-            "model": name, "img_sizes": img_sizes, "cameras": k, "tiles": k * ours.plan.n_tiles,
-            "dtype": str(ours.compute_dtype).replace("torch.", ""),
-            "ours_ms": med * 1e3, "p99_ms": float(np.percentile(t_ours, 99)) * 1e3, "ref_ms": med_ref * 1e3,
-            "speedup": med_ref / med, "cos": cos, "gflop": flops / 1e9, "gflops": rate,
-        })
+        med_ref = statistics.median(times[-1])
+        flops = backbone_flops(ref, k)  # model FLOPs, the same for every variant (int8 GEMMs are not counted)
+        for (precision, enc), run, t in zip(ours.items(), runs, times, strict=False):
+            a = run().reshape(k, -1).float()
+            cos = F.cosine_similarity(a, r, dim=-1).min().item()
+            med = statistics.median(t)
+            rows.append({
+                "model": name, "img_sizes": img_sizes, "cameras": k, "tiles": k * enc.plan.n_tiles,
+                "precision": precision, "dtype": _describe(enc),
+                "ours_ms": med * 1e3, "p99_ms": float(np.percentile(t, 99)) * 1e3, "ref_ms": med_ref * 1e3,
+                "speedup": med_ref / med, "cos": cos, "gflop": flops / 1e9, "gflops": flops / med / 1e9,
+            })
     return rows
+
+
+def _describe(enc: S2Encoder) -> str:
+    """Compute dtype and int8 linear layers of an encoder, for the table."""
+    dtype = str(enc.compute_dtype).replace("torch.", "")
+    return f"int8 linears + {dtype}" if enc.int8_layers else dtype
 
 
 def main() -> None:
@@ -156,11 +179,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of S2Encoder")
     parser.add_argument("--ref-repeats", type=int, default=3,
                         help="timed calls of the slow fp32 reference (alternating with S2Encoder calls)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--precisions", nargs="+", default=["auto", "int8"],
+                        choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                        help="S2Encoder precisions to time against the reference (auto = the default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)  # as every entry point does: threads + allocator tuning (both sides share it)
     device = torch.device(args.device)
 
     bf16_peak, bf16_shape = gemm_peak(torch.bfloat16, device, repeats=10)
@@ -169,20 +194,22 @@ def main() -> None:
     print(f"\n### GEMM peak ({where}; bf16 units: {cpu_has_bf16() if device.type == 'cpu' else 'n/a'})\n")
     print("| dtype | GFLOP/s | best shape (MxKxN) |\n| --- | ---: | --- |")
     print(f"| bf16 | {bf16_peak:.0f} | {bf16_shape} |\n| fp32 | {fp32_peak:.0f} | {fp32_shape} |")
+    print(f"| int8 (torch._int_mm, GOP/s) | {int8_gemm_peak(device, repeats=10):.0f} | ViT-B shapes |")
 
     rows = []
     for name in tqdm(args.models, desc="models"):
-        rows += bench_model(name, MODELS[name], args.cameras, args, device)
+        rows += bench_model(name, *MODELS[name], args.cameras, args, device)
     # the machine may be shared: measure the peak again after the models and keep the better figure
     bf16_after, _ = gemm_peak(torch.bfloat16, device, repeats=10)
     print(f"\nbf16 GEMM peak after the models: {bf16_after:.0f} GFLOP/s; fractions below use the max")
     peak = max(bf16_peak, bf16_after)
-    print("\n### S2Encoder (default) vs fp32 per-scale reference (batch 1)\n")
-    print("| model | img_sizes | cams | tiles | dtype | ours median ms | ours p99 ms | ref fp32 median ms "
-          "| speed-up | cos | GFLOP | GFLOP/s | of bf16 peak |")
-    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n### S2Encoder vs fp32 per-scale reference (batch 1)\n")
+    print("| model | img_sizes | cams | tiles | precision | compute | ours median ms | ours p99 ms "
+          "| ref fp32 median ms | speed-up | cos | GFLOP | GFLOP/s | of bf16 peak |")
+    print("| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['model']} | {r['img_sizes']} | {r['cameras']} | {r['tiles']} | {r['dtype']} "
+        print(f"| {r['model']} | {r['img_sizes']} | {r['cameras']} | {r['tiles']} | {r['precision']} "
+              f"| {r['dtype']} "
               f"| {r['ours_ms']:.1f} | {r['p99_ms']:.1f} | {r['ref_ms']:.1f} | {r['speedup']:.2f}x "
               f"| {r['cos']:.5f} | {r['gflop']:.1f} | {r['gflops']:.0f} | {r['gflops'] / peak:.0%} |")
 

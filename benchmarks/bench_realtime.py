@@ -1,6 +1,6 @@
 """Real-time benchmark: tile-batched vs naive S2 encoding, and the full camera -> action loop.
 
-    python benchmarks/bench_realtime.py [--threads 1] [--precision auto] [--seconds 10] [--rounds 30]
+    python benchmarks/bench_realtime.py [--backbone s2p-nano] [--threads 1] [--precision auto] [--seconds 10]
 
 Prints markdown tables:
 1. encoder latency, tile-batched (every tile of every scale of every camera in ONE backbone call) vs naive
@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from s2_policy.encoders import EncoderConfig, build_encoder
+from s2_policy.encoders.checkpoint import WEIGHTS_DIR
 from s2_policy.policies import LinearNormalizer, Policy
 from s2_policy.realtime.batcher import TileBatcher, encode_naive
 from s2_policy.realtime.cameras import SyntheticCamera
@@ -31,6 +32,7 @@ from s2_policy.realtime.loop import ControlLoop, LoopConfig
 from s2_policy.realtime.robot import DryRunRobot
 from s2_policy.realtime.safety import SafetyConfig
 from s2_policy.realtime.telemetry import Telemetry, percentiles
+from s2_policy.runtime import configure_cpu
 
 CAMS = ["front", "wrist", "side"]
 FRAME = (128, 128)
@@ -137,7 +139,9 @@ def bench_loop(encoder, head: str, rate_hz: float, seconds: float, ddim_steps: i
         time.sleep(0.2)
         batcher = TileBatcher(encoder, [FRAME, FRAME], warmup=3)
         period = 1.0 / rate_hz
-        cfg = LoopConfig(rate_hz=rate_hz, duration_s=seconds, print_every_s=1e9,
+        # infer every tick: the full step runs each period (the worst case for compute) and every action
+        # is fresh, so capture->action latency is the loop's reaction time, not the age of a chunk's tail
+        cfg = LoopConfig(rate_hz=rate_hz, infer_every=1, duration_s=seconds, print_every_s=1e9,
                          async_inference=async_inference,
                          safety=SafetyConfig(stale_s=0.5, max_step_s=10 * period))
         robot = DryRunRobot(4, np.zeros(4))
@@ -152,22 +156,29 @@ def bench_loop(encoder, head: str, rate_hz: float, seconds: float, ddim_steps: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--backbone", default="s2p-tiny", help="project ViT: s2p-nano | s2p-tiny | s2p-small")
+    ap.add_argument("--checkpoint", default=None,
+                    help="encoder weights (default: builtin:<backbone>-mae.pth when shipped, else random)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--ddim-steps", type=int, default=4)
     ap.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = EncoderConfig(backbone="s2p-tiny", scales=[1, 2], precision=args.precision)
+    configure_cpu(args.threads)
+    checkpoint = args.checkpoint
+    if checkpoint is None and (WEIGHTS_DIR / f"{args.backbone}-mae.pth").exists():
+        checkpoint = f"builtin:{args.backbone}-mae.pth"
+    cfg = EncoderConfig(backbone=args.backbone, checkpoint=checkpoint, scales=[1, 2],
+                        precision=args.precision)
     encoder = build_encoder(cfg)
     # compile only for the closed loop: tables 1-2 call the backbone eagerly on both paths (a fair comparison)
     loop_encoder = build_encoder(cfg, compile=True) if args.compile else encoder
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load avg {load:.1f}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder s2p-tiny S2 [64, 128] "
-          f"({encoder.compute_dtype}), camera frames {FRAME[0]}x{FRAME[1]}; closed loop "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder {args.backbone} "
+          f"S2 [64, 128] ({encoder.compute_dtype}, weights {checkpoint}), "
+          f"camera frames {FRAME[0]}x{FRAME[1]}; closed loop "
           f"{'with' if args.compile else 'without'} torch.compile\n")
     if torch.get_num_threads() != 1:
         print("note: with more than one torch thread the CPU columns count the calling thread only; "

@@ -202,7 +202,7 @@ def test_identity_round_trip(enc32):
 
 
 @pytest.mark.parametrize("s2_name", ["single", "s2"])
-@pytest.mark.parametrize("encoder_name", ["s2p-tiny", "s2p-small"])
+@pytest.mark.parametrize("encoder_name", ["s2p-nano", "s2p-tiny", "s2p-small"])
 def test_yaml_configs_merge_into_encoder_config(encoder_name, s2_name):
     from pathlib import Path
 

@@ -253,22 +253,21 @@ def test_cli_config_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "mae_reconstructions.png").stat().st_size > 0
 
 
-def test_shipped_checkpoint_is_mvp_format_and_loads_as_builtin() -> None:
+@pytest.mark.parametrize(("arch", "dim"), [("s2p-nano", 128), ("s2p-tiny", 192)])
+def test_shipped_checkpoint_is_mvp_format_and_loads_as_builtin(arch: str, dim: int) -> None:
     from s2_policy.encoders import EncoderConfig, build_encoder
 
-    path = Path(__file__).resolve().parents[1] / "s2_policy" / "weights" / "s2p-tiny-mae.pth"
+    path = Path(__file__).resolve().parents[1] / "s2_policy" / "weights" / f"{arch}-mae.pth"
     assert path.stat().st_size <= 15 * 2**20
     obj = torch.load(path, map_location="cpu", weights_only=True)
     assert set(obj) == {"model", "meta"} and obj["meta"]["normalize"] == "imagenet"
     assert all(v.dtype == torch.float16 for v in obj["model"].values())
-    vit = build_vit("s2p-tiny")
+    vit = build_vit(arch)
     vit.load_state_dict({k: v.float() for k, v in obj["model"].items()}, strict=True)
     torch.testing.assert_close(
-        vit.pos_embed[0], torch.from_numpy(get_2d_sincos_pos_embed(192, 8, True)), atol=1e-3, rtol=0
+        vit.pos_embed[0], torch.from_numpy(get_2d_sincos_pos_embed(dim, 8, True)), atol=1e-3, rtol=0
     )
-    enc = build_encoder(
-        EncoderConfig(backbone="s2p-tiny", checkpoint="builtin:s2p-tiny-mae.pth", precision="fp32")
-    )
+    enc = build_encoder(EncoderConfig(backbone=arch, checkpoint=f"builtin:{arch}-mae.pth", precision="fp32"))
     frames = _synthetic_frames(2)
     with torch.no_grad():
         ours = vit.forward_features(FrameSampler(frames, 2).to_tensor(frames))[:, 0]

@@ -12,7 +12,7 @@ import torch
 
 from s2_policy.policies import LinearNormalizer, Policy
 from s2_policy.realtime.actions import ActionScheduler
-from s2_policy.realtime.cameras import SyntheticCamera
+from s2_policy.realtime.cameras import SimCamera, SyntheticCamera
 from s2_policy.realtime.loop import ControlLoop, LoopConfig
 from s2_policy.realtime.robot import DryRunRobot
 from s2_policy.realtime.safety import SafetyConfig
@@ -104,14 +104,37 @@ def test_loop_acts_at_rate_and_writes_telemetry(cams, tmp_path):
     assert summary["steps"] == 12 and summary["stop_reason"] == "max_steps"
     assert robot.actions_received == summary["actions_sent"] >= 10
     assert summary["achieved_hz"] == pytest.approx(10, rel=0.3)  # loose: shared, noisy CI machines
-    lat = summary["timing_ms"]["latency_ms"]
-    assert 0 < lat["p50"] < 50  # frames of a 60 fps camera + a tiny policy
+    reaction, lat = summary["timing_ms"]["reaction_ms"], summary["timing_ms"]["latency_ms"]
+    assert 0 < reaction["p50"] < 50  # frames of a 60 fps camera + a tiny policy
+    assert reaction["n"] == 3  # inferences on ticks 0, 4, 8 (n_action_steps = 4)
+    assert reaction["p50"] < lat["p50"] < reaction["p50"] + 4 * 100  # later chunk actions are older
     paths = loop.telemetry.write(tmp_path / "run", {"robot": robot.stats()})
     data = json.loads(paths["json"].read_text())
     assert data["steps"] == 12 and data["robot"]["actions_received"] == robot.actions_received
     assert set(data["timing_ms"]) >= {"latency_ms", "encode_ms", "policy_ms"}
     assert len(paths["csv"].read_text().strip().splitlines()) == 13
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_chunks_run_to_their_end_and_the_frames_before_an_inference_are_observed(cams):
+    """Default infer_every = n_action_steps (4): infer on ticks 0, 4, 8; with n_obs_steps=2 the tick before
+    each inference is encoded into the history too, so the policy sees consecutive frames as in training."""
+    enc = MeanColourEncoder()
+    loop = _loop(cams, encoder=enc, policy=make_policy(n_action_steps=4), rate_hz=40, max_steps=12,
+                 sync_to_camera=False)
+    assert loop.infer_every == 4
+    loop.run()
+    recs = loop.telemetry.records
+    if any(r.step != i for i, r in enumerate(recs)):
+        pytest.skip("the machine was too slow to keep 40 Hz: ticks were skipped")
+    assert [r.step for r in recs if r.inferred] == [0, 4, 8]
+    assert [r.step for r in recs if np.isfinite(r.encode_ms)] == [0, 3, 4, 7, 8, 11]
+    assert enc.calls == 6
+    assert all(r.status == "act" for r in recs)  # every tick executes one action of the current chunk
+    reactions = [r for r in recs if np.isfinite(r.reaction_ms)]
+    assert [r.step for r in reactions] == [0, 4, 8]
+    temporal = _loop(cams, rate_hz=40, max_steps=1, ensemble="temporal")
+    assert temporal.infer_every == 1
 
 
 def test_stale_and_disconnected_camera_hold_then_recover(cams):
@@ -216,9 +239,47 @@ def test_phase_lock_keeps_frames_fresh(cams):
     assert np.median(ages) < 20  # unlocked, a 20 fps camera's newest frame is 25 ms old on average
 
 
+def test_phase_lock_to_a_faster_camera_modulo_its_frame_period(cams):
+    """30 fps into a 10 Hz loop: three frames per tick; locked, the newest is ~sync_lag_ms old, not ~17 ms."""
+    fast = {n: SyntheticCamera(n, 16, 16, fps=30, seed=i).start() for i, n in enumerate(CAMS)}
+    try:
+        time.sleep(0.1)
+        loop = _loop(fast, rate_hz=10, max_steps=25)
+        loop.run()
+    finally:
+        for c in fast.values():
+            c.stop()
+    assert loop._sync_wrap == pytest.approx(1 / 30, rel=0.05)
+    ages = [r.frame_age_ms for r in loop.telemetry.records[8:]]
+    assert np.median(ages) < 11  # unlocked: uniform over the 33 ms frame period, median ~17 ms
+
+
+def test_a_late_due_frame_is_waited_for_not_skipped():
+    """A phase-locked tick that finds the due frame late waits (up to max_frame_wait_ms) for it."""
+    cam = {n: SimCamera(n) for n in CAMS}
+    blank = np.zeros((16, 16, 3), np.uint8)
+    for c in cam.values():
+        c.push(blank, time.monotonic() - 0.030)  # the newest frame is 30 ms old at a 30 Hz loop
+    loop = _loop(cam, rate_hz=30, max_frame_wait_ms=20)
+    loop._cam_period, loop._sync_wrap = 1 / 30, 1 / 30
+    frames = {n: c.latest() for n, c in cam.items()}
+    threading.Timer(0.005, lambda: [c.push(blank, time.monotonic()) for c in cam.values()]).start()
+    t0 = time.monotonic()
+    assert loop._await_due_frame(frames)
+    assert 0.003 < time.monotonic() - t0 < 0.019
+    assert cam[CAMS[0]].latest().seq == 1
+    fresh = {n: c.latest() for n, c in cam.items()}
+    assert not loop._await_due_frame(fresh)  # the newest frame is fresh: no wait
+    off = _loop(cam, rate_hz=30, max_frame_wait_ms=0)
+    off._cam_period = 1 / 30
+    assert not off._await_due_frame(frames)
+
+
 def test_bad_config_is_reported():
     with pytest.raises(ValueError, match="rate_hz"):
         LoopConfig(rate_hz=0)
+    with pytest.raises(ValueError, match="max_frame_wait_ms"):
+        LoopConfig(max_frame_wait_ms=-1)
     with pytest.raises(ValueError, match="on_fault"):
         SafetyConfig(on_fault="panic")
     with pytest.raises(ValueError, match="no source"):

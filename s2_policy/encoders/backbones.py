@@ -11,8 +11,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-# Project ViTs for the CPU pipeline (64 px, patch 8): s2p-small has ~3.6x the per-tile compute of s2p-tiny.
+# Project ViTs for the CPU pipeline (64 px, patch 8). Per-tile compute relative to s2p-tiny: s2p-nano ~0.3x
+# (the real-time encoder), s2p-small ~3.6x.
 PROJECT_ARCHS: dict[str, dict[str, Any]] = {
+    "s2p-nano": {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 2},
     "s2p-tiny": {"img_size": 64, "patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3},
     "s2p-small": {"img_size": 64, "patch_size": 8, "embed_dim": 256, "depth": 12, "num_heads": 4},
 }

@@ -9,7 +9,7 @@ from typing import Any
 
 POOLINGS = ("cls", "mean", "cls+mean", "tokens")
 NORMALIZATIONS = ("imagenet", "half")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RESIZE_MODES = ("crop", "stretch")
 
 
@@ -43,7 +43,10 @@ class EncoderConfig:
         (mean of patch tokens, like RPT), ``cls+mean``, or ``tokens`` (all tokens, for attending heads).
     normalize: ``imagenet`` mean/std or ``half`` (0.5, 0.5, 0.5).
     resize: ``crop`` (centre-crop to the target aspect ratio, then resize) or ``stretch``.
-    precision: ``auto`` (bf16 weights on CPUs with bf16 units, fp16 on CUDA, fp32 otherwise) or explicit.
+    precision: ``auto`` (bf16 weights on CPUs with bf16 units, fp16 on CUDA, fp32 otherwise), explicit
+        ``fp32`` / ``bf16`` / ``fp16``, or ``int8``: dynamic int8 linear layers (per-channel weights,
+        per-token activations; faster than bf16 for ViT-B on AVX512-VNNI CPUs, cosine ~0.9995 to fp32), the
+        rest as ``auto``. The fingerprint ignores precision: features of every precision share a cache.
     compile: wrap the backbone in ``torch.compile``.
     trust_checkpoint: allow checkpoints that pickle arbitrary objects (``weights_only=False``).
     device: where the encoder is built (``cpu``, ``cuda``, ...).

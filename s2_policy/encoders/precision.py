@@ -29,12 +29,13 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     """Weight/compute dtype for ``precision`` on ``device``.
 
     ``auto``: bf16 on CPUs with bf16 units (weights converted once: autocast would re-cast them every call),
-    bf16 on CUDA GPUs that support it, else fp16 on CUDA, else fp32.
+    bf16 on CUDA GPUs that support it, else fp16 on CUDA, else fp32. ``int8`` quantises only the linear
+    layers (:mod:`s2_policy.encoders.quantize`); the dtype returned is the one of everything else (as auto).
     """
     device = torch.device(device)
-    if precision != "auto":
+    if precision not in ("auto", "int8"):
         if precision not in _DTYPES:
-            raise ValueError(f"precision={precision!r} is not one of {['auto', *_DTYPES]}")
+            raise ValueError(f"precision={precision!r} is not one of {['auto', 'int8', *_DTYPES]}")
         return _DTYPES[precision]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -17,6 +17,7 @@ from .config import EncoderConfig
 from .fingerprint import fingerprint, weights_digest
 from .precision import resolve_precision
 from .preprocess import Preprocessor
+from .quantize import quantize_linears
 
 Images = torch.Tensor | np.ndarray
 
@@ -65,6 +66,7 @@ class S2Encoder(nn.Module):
         device = torch.device(config.device)
         self.compute_dtype = resolve_precision(config.precision, device)
         backbone = backbone.to(device=device, dtype=self.compute_dtype).eval().requires_grad_(False)
+        self.int8_layers = quantize_linears(backbone) if config.precision == "int8" else 0
         self.backbone = backbone
         self.preprocess = Preprocessor(self.input_size, config.normalize, config.resize).to(device)
         features = backbone.forward_features
@@ -150,7 +152,8 @@ class S2Encoder(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"backbone={self.config.backbone!r}, img_sizes={self.img_sizes}, tiles={self.plan.n_tiles}, "
-            f"pooling={self.config.pooling!r}, out_dim={self.out_dim}, dtype={self.compute_dtype}"
+            f"pooling={self.config.pooling!r}, out_dim={self.out_dim}, dtype={self.compute_dtype}, "
+            f"int8_layers={self.int8_layers}"
         )
 
 

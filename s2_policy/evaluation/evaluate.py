@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from s2_policy.atomic import atomic_write_json
 from s2_policy.evaluation.rollout import EnvSpec, run_rollouts
+from s2_policy.runtime import configure_cpu
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def main(cfg: DictConfig) -> dict:
 
     if cfg.checkpoint is None:
         raise ValueError("give the policy to evaluate: checkpoint=path/to/policy.pt")
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    configure_cpu(cfg.num_threads)
     ckpt = Path(hydra.utils.to_absolute_path(str(cfg.checkpoint)))
     policy = Policy.load(ckpt, device=cfg.device)
     task = OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else policy.meta.get("task")

@@ -17,11 +17,11 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-# Project ViT architectures (must match ``s2_policy.encoders``' ``s2p-*`` backbones, see docs/CONTRACTS.md).
-ARCHS: dict[str, dict[str, Any]] = {
-    "s2p-tiny": {"img_size": 64, "patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3},
-    "s2p-small": {"img_size": 64, "patch_size": 8, "embed_dim": 256, "depth": 12, "num_heads": 4},
-}
+from s2_policy.encoders.backbones import PROJECT_ARCHS
+
+# The project ViT architectures (``s2p-nano`` / ``s2p-tiny`` / ``s2p-small``): one definition, shared with
+# the encoders, so an exported MAE encoder always loads into the backbone of the same name.
+ARCHS: dict[str, dict[str, Any]] = PROJECT_ARCHS
 
 
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = False) -> np.ndarray:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from s2_policy.atomic import atomic_path, atomic_torch_save
 from s2_policy.pretrain.data import FrameConfig, FrameSampler, load_or_render_frames
 from s2_policy.pretrain.mae import MAEConfig, MaskedAutoencoder
+from s2_policy.runtime import configure_cpu
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "loss.csv"
@@ -182,7 +183,7 @@ def run_pretraining(cfg: DictConfig) -> Path:
 
     Returns the exported encoder checkpoint path.
     """
-    torch.set_num_threads(int(cfg.train.threads))
+    configure_cpu(int(cfg.train.threads))
     torch.manual_seed(int(cfg.train.seed))
     frame_cfg = FrameConfig(
         **{k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "cache"}

@@ -46,6 +46,7 @@ class CameraSource(ABC):
             raise ValueError("a camera needs a non-empty name (the policy's camera key, e.g. 'front')")
         self.name = name
         self._lock = threading.Lock()
+        self._new_frame = threading.Condition(self._lock)
         self._frame: Frame | None = None
         self._frame_read = True
         self._connected = False
@@ -64,6 +65,7 @@ class CameraSource(ABC):
             self._frame = Frame(image, t_capture, self.captured)
             self._frame_read = False
             self.captured += 1
+            self._new_frame.notify_all()
 
     def _set_connected(self, connected: bool, error: str | None = None, quiet: bool = False) -> None:
         with self._lock:
@@ -83,6 +85,13 @@ class CameraSource(ABC):
                 self._frame_read = True
                 self.consumed += 1
             return self._frame
+
+    def wait_newer(self, seq: int, timeout: float) -> bool:
+        """Block until a frame newer than ``seq`` arrives or ``timeout`` seconds pass; True if one came."""
+        with self._new_frame:
+            return self._new_frame.wait_for(
+                lambda: self._frame is not None and self._frame.seq > seq, timeout=max(timeout, 0.0)
+            )
 
     @property
     def connected(self) -> bool:

@@ -48,6 +48,9 @@ class FeaturePolicy(Protocol):
     @property
     def n_obs_steps(self) -> int: ...
 
+    @property
+    def n_action_steps(self) -> int: ...
+
     def predict_from_features(self, feats: torch.Tensor, state: Any) -> torch.Tensor: ...
 
 
@@ -62,7 +65,7 @@ class LoopConfig:
     """Loop settings (``configs/realtime.yaml``: ``loop`` and ``safety`` blocks)."""
 
     rate_hz: float = 30.0
-    infer_every: int = 1
+    infer_every: int | None = None
     async_inference: bool = False
     ensemble: str = "none"
     ensemble_k: float = 0.01
@@ -71,6 +74,7 @@ class LoopConfig:
     print_every_s: float = 2.0
     sync_to_camera: bool = True
     sync_lag_ms: float = 5.0
+    max_frame_wait_ms: float = 8.0
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
@@ -78,8 +82,10 @@ class LoopConfig:
             raise ValueError(f"loop.rate_hz must be > 0, got {self.rate_hz}")
         if not 0 <= self.sync_lag_ms < 1e3 / self.rate_hz:
             raise ValueError(f"loop.sync_lag_ms must be in [0, period), got {self.sync_lag_ms}")
-        if self.infer_every < 1:
-            raise ValueError(f"loop.infer_every must be >= 1 tick, got {self.infer_every}")
+        if self.max_frame_wait_ms < 0:
+            raise ValueError(f"loop.max_frame_wait_ms must be >= 0, got {self.max_frame_wait_ms}")
+        if self.infer_every is not None and self.infer_every < 1:
+            raise ValueError(f"loop.infer_every must be >= 1 tick (or null), got {self.infer_every}")
         if isinstance(self.safety, Mapping):
             self.safety = SafetyConfig(**self.safety)
 
@@ -104,6 +110,9 @@ class ControlLoop:
                              f"(configured: {sorted(cameras)})")
         self.policy, self.encoder, self.robot, self.cfg = policy, encoder, robot, cfg
         self.cameras = {c: cameras[c] for c in policy.cameras}
+        # default: execute each chunk to its end before the next inference, as the policy was evaluated;
+        # temporal ensembling needs a prediction every tick
+        self.infer_every = cfg.infer_every or (1 if cfg.ensemble == "temporal" else policy.n_action_steps)
         self.telemetry = telemetry or Telemetry(cfg.period, cfg.print_every_s)
         self.safety = SafetyMonitor(cfg.safety)
         self._stop = threading.Event()
@@ -114,6 +123,9 @@ class ControlLoop:
         self._dropped_seen = {c: 0 for c in self.cameras}
         self._sync_age: float | None = None
         self._sync_seq = -1
+        self._sync_prev: tuple[int, float] | None = None  # (seq, capture time) of the reference camera
+        self._cam_period: float | None = None              # its frame period, smoothed
+        self._sync_wrap = cfg.period                       # phase is locked modulo this
         # scheduled actions and the observation history are invalidated together by bumping the epoch
         self._lock = threading.Lock()
         self._epoch = self._history_epoch = 0
@@ -153,17 +165,21 @@ class ControlLoop:
             self._dropped_seen[name] = d
         return total
 
-    def _infer(self, frames: Mapping[str, Frame], state: np.ndarray, rec: StepRecord) -> np.ndarray:
+    def _observe(self, frames: Mapping[str, Frame], state: np.ndarray) -> None:
+        """Encode the frames and append them with the state to the observation history."""
         if self._history_epoch != self._epoch:
             self._history.clear()
             self._history_epoch = self._epoch
-        t0, c0 = time.perf_counter(), time.thread_time()
         feats = self.encoder.encode([frames[c].image for c in self.cameras])
-        t1 = time.perf_counter()
         if not self._history:
             self._history.extend([(feats, state)] * self.policy.n_obs_steps)  # pad like training (edge frame)
         else:
             self._history.append((feats, state))
+
+    def _infer(self, frames: Mapping[str, Frame], state: np.ndarray, rec: StepRecord) -> np.ndarray:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        self._observe(frames, state)
+        t1 = time.perf_counter()
         f = torch.stack([h[0] for h in self._history])[None]
         s = np.stack([h[1] for h in self._history])[None]
         actions = self.policy.predict_from_features(f, s)
@@ -221,25 +237,38 @@ class ControlLoop:
 
     def tick(self, k: int, t_tick: float) -> StepRecord:
         """Run tick ``k`` whose nominal start is ``t_tick`` (monotonic seconds)."""
+        frames = {c: cam.latest() for c, cam in self.cameras.items()}
+        if self._await_due_frame(frames):
+            frames = {c: cam.latest() for c, cam in self.cameras.items()}
         t_wake = time.monotonic()
         rec = StepRecord(step=k, t=t_wake - self.t_start, status="idle", jitter_ms=(t_wake - t_tick) * 1e3)
-        frames = {c: cam.latest() for c, cam in self.cameras.items()}
         rec.dropped_frames = self._new_drops()
         reasons = self.safety.check_inputs(self.cameras, frames, self.robot.connected, t_wake)
         self._sync_age = None
         if not reasons:
             ref = frames[self.policy.cameras[0]]
-            # lock only to a camera about as fast as the loop (<= 2 new frames per tick): with a faster
-            # one the newest frame is fresh anyway and its arrival phase is meaningless
-            if ref.seq - self._sync_seq <= 2:
+            frames_per_tick = self._track_camera_period(ref)
+            # lock to a camera about as fast as the loop (<= 2 new frames per tick), or to one delivering a
+            # whole number n >= 2 of frames per tick (30 fps into a 10 Hz loop) modulo its frame period;
+            # at other ratios the arrival phase drifts every tick and there is nothing to lock to
+            if ref.seq - self._sync_seq <= 2 or frames_per_tick >= 2:
                 self._sync_age = t_wake - ref.t_capture
             self._sync_seq = ref.seq
             rec.frame_age_ms = (t_wake - min(f.t_capture for f in frames.values())) * 1e3
-            if not self.cfg.async_inference and (k % self.cfg.infer_every == 0
-                                                 or self.scheduler.pending(t_wake) == 0):
-                rs = self.robot.get_state()
-                self._check_episode(rs.episode)
-                reasons = self._infer_and_schedule(frames, rs.state, t_tick, t_wake, rec)
+            if not self.cfg.async_inference:
+                # ticks to the next planned inference; the n_obs_steps - 1 ticks before it are observed
+                # (encoded into the history) so the policy sees consecutive frames, as in training
+                to_next = -k % self.infer_every
+                infer = to_next == 0 or self.scheduler.pending(t_wake) == 0
+                if infer or to_next < self.policy.n_obs_steps:
+                    rs = self.robot.get_state()
+                    self._check_episode(rs.episode)
+                    if infer:
+                        reasons = self._infer_and_schedule(frames, rs.state, t_tick, t_wake, rec)
+                    else:
+                        t_obs_start = time.perf_counter()
+                        self._observe(frames, rs.state)
+                        rec.encode_ms = (time.perf_counter() - t_obs_start) * 1e3
         if self.cfg.async_inference:
             with self._lock:
                 reasons = reasons + self._worker_reasons
@@ -261,6 +290,8 @@ class ControlLoop:
                 self.robot.send_action(action)
                 now = time.monotonic()
                 rec.status, rec.latency_ms = "act", (now - t_capture) * 1e3
+                if rec.inferred and not self.cfg.async_inference:
+                    rec.reaction_ms = rec.latency_ms  # the chunk just computed from this tick's frames
         t_end = time.monotonic()
         rec.step_ms = (t_end - t_wake) * 1e3
         rec.deadline_miss = t_end > t_tick + self.cfg.period
@@ -311,6 +342,36 @@ class ControlLoop:
             raise RuntimeError(self.stop_reason) from self._worker_error
         return self.telemetry.summary({"stop_reason": self.stop_reason})
 
+    def _await_due_frame(self, frames: Mapping[str, Frame | None]) -> bool:
+        """Phase-locked ticks fall ``sync_lag_ms`` after the reference camera's frames; when the due frame is
+        late (the newest is over half a frame period old), wait up to ``max_frame_wait_ms`` for it instead of
+        acting on one a whole frame period older. True when a newer frame came."""
+        wait = self.cfg.max_frame_wait_ms * 1e-3
+        name = self.policy.cameras[0]
+        ref = frames.get(name)
+        if not (self.cfg.sync_to_camera and wait > 0 and ref is not None and self._cam_period):
+            return False
+        if self._cam_period > 1.05 * self.cfg.period:
+            return False  # a camera slower than the loop: most ticks have no new frame to wait for
+        if time.monotonic() - ref.t_capture < self._sync_wrap / 2:
+            return False
+        return self.cameras[name].wait_newer(ref.seq, wait)
+
+    def _track_camera_period(self, ref: Frame) -> int:
+        """Update the reference camera's smoothed frame period; return n when it sends a whole number n >= 2
+        of frames per loop period (within 5 %), else 0. Sets the phase-lock wrap accordingly."""
+        prev, self._sync_prev = self._sync_prev, (ref.seq, ref.t_capture)
+        if prev is not None and ref.seq > prev[0]:
+            est = (ref.t_capture - prev[1]) / (ref.seq - prev[0])
+            self._cam_period = est if self._cam_period is None else 0.8 * self._cam_period + 0.2 * est
+        n = 0
+        if self._cam_period:
+            ratio = self.cfg.period / self._cam_period
+            if round(ratio) >= 2 and abs(ratio - round(ratio)) < 0.05 * round(ratio):
+                n = round(ratio)
+        self._sync_wrap = self.cfg.period / n if n else self.cfg.period
+        return n
+
     def _phase_lock(self) -> None:
         """Nudge the tick grid so ticks fall ``sync_lag_ms`` after the first camera's frames arrive.
 
@@ -318,14 +379,14 @@ class ControlLoop:
         frame period old; locking the phase removes that from capture->action latency. Slots of scheduled
         actions keep their indices (only the grid's origin moves, by at most a quarter period per tick).
         """
-        period = self.cfg.period
-        if self._sync_age is None or not 0 <= self._sync_age < period:
+        wrap = self._sync_wrap  # the loop period, or the camera's when it sends n >= 2 frames per tick
+        if self._sync_age is None or not 0 <= self._sync_age < wrap:
             return  # no fresh frame, or a camera slower than the loop: nothing to lock to
         err = self._sync_age - self.cfg.sync_lag_ms * 1e-3
-        if err > period / 2:
-            err -= period  # the next frame is due just after this tick: move ticks later
+        if err > wrap / 2:
+            err -= wrap  # the next frame is due just after this tick: move ticks later
         # asymmetric gain: move later quickly after a missed frame, earlier slowly (jitter-robust)
-        shift = min(max(-(0.5 if err < 0 else 0.1) * err, -period / 4), period / 4)
+        shift = min(max(-(0.5 if err < 0 else 0.1) * err, -wrap / 4), wrap / 4)
         with self._lock:
             self.t0 += shift
             self.scheduler.t0 = self.t0

@@ -18,8 +18,8 @@ import numpy as np
 from s2_policy.atomic import atomic_write_text
 
 #: Timing fields summarised with percentiles (milliseconds).
-TIMING_KEYS = ("latency_ms", "frame_age_ms", "encode_ms", "policy_ms", "compute_cpu_ms", "step_ms",
-               "jitter_ms")
+TIMING_KEYS = ("latency_ms", "reaction_ms", "frame_age_ms", "encode_ms", "policy_ms", "compute_cpu_ms",
+               "step_ms", "jitter_ms")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class StepRecord:
     reason: str = ""          # why the loop held/stopped ("" when acting)
     inferred: bool = False    # this tick ran the encoder + policy
     latency_ms: float = math.nan    # oldest capture time of the frames behind the sent action -> send time
+    reaction_ms: float = math.nan   # latency_ms on ticks that inferred: capture -> first action from it
     frame_age_ms: float = math.nan  # age of the oldest frame at snapshot time
     encode_ms: float = math.nan
     policy_ms: float = math.nan
@@ -83,12 +84,14 @@ class Telemetry:
         span = max(recs[-1].t - recs[0].t, self.period_s) if len(recs) > 1 else self.period_s
         rate = (len(recs) - 1) / span if len(recs) > 1 else 0.0
         lat = percentiles([r.latency_ms for r in recs])
+        react = percentiles([r.reaction_ms for r in recs])
         enc = percentiles([r.encode_ms for r in recs])
         pol = percentiles([r.policy_ms for r in recs])
         holds = sum(r.status in ("hold", "stop") for r in recs)
         reasons = sorted({r.reason for r in recs if r.reason})
         return (f"realtime step {recs[-1].step}: {rate:.1f} Hz | latency p50/p95/p99 "
-                f"{lat['p50']:.1f}/{lat['p95']:.1f}/{lat['p99']:.1f} ms | encode p50 {enc['p50']:.1f} ms "
+                f"{lat['p50']:.1f}/{lat['p95']:.1f}/{lat['p99']:.1f} ms | reaction p50/p99 "
+                f"{react['p50']:.1f}/{react['p99']:.1f} ms | encode p50 {enc['p50']:.1f} ms "
                 f"| policy p50 {pol['p50']:.1f} ms | misses {sum(r.deadline_miss for r in recs)} "
                 f"| late actions {sum(r.late_actions for r in recs)} "
                 f"| dropped frames {sum(r.dropped_frames for r in recs)} | holds {holds}"

@@ -18,6 +18,8 @@ import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from s2_policy.runtime import configure_cpu
+
 log = logging.getLogger("train_policy")
 
 
@@ -40,8 +42,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    configure_cpu(cfg.num_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
