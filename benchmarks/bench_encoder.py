@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    configure_cpu(args.threads)  # as every entry point does: threads + allocator tuning (both sides share it)
+    configure_cpu(args.threads)
     device = torch.device(args.device)
 
     bf16_peak, bf16_shape = gemm_peak(torch.bfloat16, device, repeats=10)

@@ -1,4 +1,4 @@
-"""Encoder fast paths: dynamic int8 linear layers and the CPU runtime settings."""
+"""Encoder fast paths: dynamic int8 linear layers; the CPU runtime settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from s2_policy.encoders import EncoderConfig, build_encoder, fingerprint
 from s2_policy.encoders.quantize import Int8Linear, quantize_linears
-from s2_policy.runtime import configure_cpu, tune_allocator
+from s2_policy.runtime import configure_cpu
 
 MAE = "builtin:s2p-tiny-mae.pth"  # trained weights: real activation ranges, not a random init
 
@@ -66,16 +66,13 @@ def test_int8_encoder_matches_fp32_and_shares_fingerprint():
     assert tokens.encode_cameras([frames, frames]).shape == (2, 2, tokens.num_tokens, tokens.out_dim)
 
 
-def test_configure_cpu(monkeypatch):
+def test_configure_cpu():
     before = torch.get_num_threads()
-    configure_cpu(None, tune_malloc=False)
+    configure_cpu(None)
+    configure_cpu(0)
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         configure_cpu(-1)
-    monkeypatch.setenv("S2P_TUNE_MALLOC", "0")
-    assert tune_allocator.__wrapped__() is False
-    monkeypatch.delenv("S2P_TUNE_MALLOC")
-    import sys
-
-    if sys.platform.startswith("linux"):
-        assert tune_allocator.__wrapped__() is True
+    configure_cpu(1)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(before)

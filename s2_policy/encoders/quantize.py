@@ -1,7 +1,7 @@
 """Dynamic int8 linear layers for frozen backbones (``precision="int8"``).
 
 A ViT spends ~85 % of its FLOPs in the linear layers (qkv, proj, fc1, fc2). On CPUs with AVX512-VNNI an
-int8 GEMM (``torch._int_mm``, oneDNN) runs ~2x faster than bf16 and ~4.5x faster than fp32. Weights are
+int8 GEMM (``torch._int_mm``, oneDNN) runs ~2x faster than bf16 and ~4-5x faster than fp32. Weights are
 quantised once, symmetric per output channel; activations are quantised at every call, symmetric per token
 (row), which follows each token's own range and keeps the error far below per-tensor schemes. Everything
 else (patch embedding, attention, norms) stays in the backbone's float dtype (bf16 where supported).
@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
             acc = torch._int_mm(xq, self.weight_t_int8).float()
         else:  # _int_mm needs more than 16 rows; tiny batches are cheap in float anyway
             acc = xq.float() @ self.weight_t_int8.float()
-        # in place: one allocation for the output instead of four (large allocations page-fault on CPU)
+        # in place: one output allocation and fewer passes over it
         acc.mul_(scale).mul_(self.weight_scale).add_(self.bias)
         return acc.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
