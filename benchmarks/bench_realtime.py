@@ -32,7 +32,7 @@ from s2_policy.realtime.loop import ControlLoop, LoopConfig
 from s2_policy.realtime.robot import DryRunRobot
 from s2_policy.realtime.safety import SafetyConfig
 from s2_policy.realtime.telemetry import Telemetry, percentiles
-from s2_policy.runtime import configure_cpu
+from s2_policy.runtime import configure_cpu, set_realtime_priority
 
 CAMS = ["front", "wrist", "side"]
 FRAME = (128, 128)
@@ -160,12 +160,16 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None,
                     help="encoder weights (default: builtin:<backbone>-mae.pth when shipped, else random)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
+    ap.add_argument("--rt-priority", type=int, default=None,
+                    help="run under SCHED_FIFO at this priority (1-99; needs root or CAP_SYS_NICE)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--ddim-steps", type=int, default=4)
     ap.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     args = ap.parse_args()
     configure_cpu(args.threads)
+    if args.rt_priority:
+        set_realtime_priority(args.rt_priority)
     checkpoint = args.checkpoint
     if checkpoint is None and (WEIGHTS_DIR / f"{args.backbone}-mae.pth").exists():
         checkpoint = f"builtin:{args.backbone}-mae.pth"
@@ -179,7 +183,8 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder {args.backbone} "
           f"S2 [64, 128] ({encoder.compute_dtype}, weights {checkpoint}), "
           f"camera frames {FRAME[0]}x{FRAME[1]}; closed loop "
-          f"{'with' if args.compile else 'without'} torch.compile\n")
+          f"{'with' if args.compile else 'without'} torch.compile; "
+          f"scheduling {'SCHED_FIFO ' + str(args.rt_priority) if args.rt_priority else 'normal'}\n")
     if torch.get_num_threads() != 1:
         print("note: with more than one torch thread the CPU columns count the calling thread only; "
               "use --threads 1 for idle-core-equivalent CPU times\n")

@@ -9,7 +9,7 @@ from torch import nn
 
 from s2_policy.encoders import EncoderConfig, build_encoder, fingerprint
 from s2_policy.encoders.quantize import Int8Linear, quantize_linears
-from s2_policy.runtime import configure_cpu
+from s2_policy.runtime import configure_cpu, set_realtime_priority
 
 MAE = "builtin:s2p-tiny-mae.pth"  # trained weights: real activation ranges, not a random init
 
@@ -76,3 +76,16 @@ def test_configure_cpu():
     configure_cpu(1)
     assert torch.get_num_threads() == 1
     torch.set_num_threads(before)
+
+
+def test_set_realtime_priority_validates_and_applies_in_a_subprocess():
+    import subprocess
+    import sys
+
+    with pytest.raises(ValueError, match="1..99"):
+        set_realtime_priority(0)
+    code = ("import os\nfrom s2_policy.runtime import set_realtime_priority\n"
+            "try:\n    set_realtime_priority(5)\nexcept PermissionError as e:\n    print('denied', e)\n"
+            "else:\n    print('fifo' if os.sched_getscheduler(0) == os.SCHED_FIFO else 'other')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("fifo") or ("denied" in out and "CAP_SYS_NICE" in out), out

@@ -142,6 +142,7 @@ class ControlLoop:
     def reset_clock(self, t0: float | None = None) -> None:
         """Start the tick grid at ``t0`` (default: now) with an empty schedule and observation history."""
         self.t0 = self.t_start = time.monotonic() if t0 is None else t0
+        self._lock_count = 0  # phase-lock corrections so far (the first ones acquire the camera's phase)
         self.scheduler = ActionScheduler(self.t0, self.cfg.period, self.cfg.ensemble, self.cfg.ensemble_k)
         self._invalidate()
 
@@ -251,7 +252,7 @@ class ControlLoop:
             # lock to a camera about as fast as the loop (<= 2 new frames per tick), or to one delivering a
             # whole number n >= 2 of frames per tick (30 fps into a 10 Hz loop) modulo its frame period;
             # at other ratios the arrival phase drifts every tick and there is nothing to lock to
-            if ref.seq - self._sync_seq <= 2 or frames_per_tick >= 2:
+            if self._sync_seq < 0 or ref.seq - self._sync_seq <= 2 or frames_per_tick >= 2:
                 self._sync_age = t_wake - ref.t_capture
             self._sync_seq = ref.seq
             rec.frame_age_ms = (t_wake - min(f.t_capture for f in frames.values())) * 1e3
@@ -377,7 +378,8 @@ class ControlLoop:
 
         With camera and loop at similar rates, an unsynchronised tick finds a frame that is on average half a
         frame period old; locking the phase removes that from capture->action latency. Slots of scheduled
-        actions keep their indices (only the grid's origin moves, by at most a quarter period per tick).
+        actions keep their indices (only the grid's origin moves: by up to half a period for the first two
+        corrections, which acquire the phase, then by at most a quarter period per tick).
         """
         wrap = self._sync_wrap  # the loop period, or the camera's when it sends n >= 2 frames per tick
         if self._sync_age is None or not 0 <= self._sync_age < wrap:
@@ -385,8 +387,14 @@ class ControlLoop:
         err = self._sync_age - self.cfg.sync_lag_ms * 1e-3
         if err > wrap / 2:
             err -= wrap  # the next frame is due just after this tick: move ticks later
-        # asymmetric gain: move later quickly after a missed frame, earlier slowly (jitter-robust)
-        shift = min(max(-(0.5 if err < 0 else 0.1) * err, -wrap / 4), wrap / 4)
+        if self._lock_count < 2:
+            # acquire: correct the whole error at once (at start-up the phase is arbitrary, and a gradual
+            # approach would leave the first ticks acting on frames up to a whole frame period old)
+            shift = min(max(-err, -wrap / 2), wrap / 2)
+        else:
+            # track: asymmetric gain, later quickly after a missed frame, earlier slowly (jitter-robust)
+            shift = min(max(-(0.5 if err < 0 else 0.1) * err, -wrap / 4), wrap / 4)
+        self._lock_count += 1
         with self._lock:
             self.t0 += shift
             self.scheduler.t0 = self.t0

@@ -19,7 +19,7 @@ from s2_policy.realtime.loop import ControlLoop, LoopConfig
 from s2_policy.realtime.robot import DryRunRobot, Robot, SimRobot
 from s2_policy.realtime.safety import SafetyConfig
 from s2_policy.realtime.telemetry import Telemetry
-from s2_policy.runtime import configure_cpu
+from s2_policy.runtime import configure_cpu, set_realtime_priority
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ def _wait_for_frames(cameras: Mapping[str, CameraSource], timeout_s: float) -> d
 def run_realtime(cfg: Mapping, out_dir: str | Path) -> dict[str, Any]:
     """Run the loop described by ``cfg`` until it stops; write telemetry to ``out_dir``; return a summary."""
     configure_cpu(cfg.get("threads"))
+    if cfg.get("realtime_priority"):  # before the robot, cameras and loop start threads: they inherit it
+        set_realtime_priority(int(cfg["realtime_priority"]))
     policy = load_policy(cfg["checkpoint"], str(cfg.get("device", "cpu")), cfg.get("precision"),
                          bool(cfg.get("compile", False)))
     robot, cameras = build_robot(cfg, policy)
