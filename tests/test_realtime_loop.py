@@ -226,29 +226,28 @@ def test_sigint_stops_cleanly(cams):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_phase_lock_keeps_frames_fresh(cams):
-    fresh = {n: SyntheticCamera(n, 16, 16, fps=20, seed=i).start() for i, n in enumerate(CAMS)}
+def _run_with_cameras(fps: float, rate_hz: float, max_steps: int) -> ControlLoop:
+    """Run a default loop on fresh synthetic cameras at ``fps``; return it (telemetry filled)."""
+    cams = {n: SyntheticCamera(n, 16, 16, fps=fps, seed=i).start() for i, n in enumerate(CAMS)}
     try:
         time.sleep(0.1)
-        loop = _loop(fresh, rate_hz=20, max_steps=30)
+        loop = _loop(cams, rate_hz=rate_hz, max_steps=max_steps)
         loop.run()
     finally:
-        for c in fresh.values():
+        for c in cams.values():
             c.stop()
+    return loop
+
+
+def test_phase_lock_keeps_frames_fresh():
+    loop = _run_with_cameras(fps=20, rate_hz=20, max_steps=30)
     ages = [r.frame_age_ms for r in loop.telemetry.records[10:]]
     assert np.median(ages) < 20  # unlocked, a 20 fps camera's newest frame is 25 ms old on average
 
 
-def test_phase_lock_to_a_faster_camera_modulo_its_frame_period(cams):
+def test_phase_lock_to_a_faster_camera_modulo_its_frame_period():
     """30 fps into a 10 Hz loop: three frames per tick; locked, the newest is ~sync_lag_ms old, not ~17 ms."""
-    fast = {n: SyntheticCamera(n, 16, 16, fps=30, seed=i).start() for i, n in enumerate(CAMS)}
-    try:
-        time.sleep(0.1)
-        loop = _loop(fast, rate_hz=10, max_steps=25)
-        loop.run()
-    finally:
-        for c in fast.values():
-            c.stop()
+    loop = _run_with_cameras(fps=30, rate_hz=10, max_steps=25)
     assert loop._sync_wrap == pytest.approx(1 / 30, rel=0.05)
     ages = [r.frame_age_ms for r in loop.telemetry.records[8:]]
     assert np.median(ages) < 11  # unlocked: uniform over the 33 ms frame period, median ~17 ms
