@@ -41,7 +41,8 @@ def source_store(workdir: Path, episodes: int) -> Path:
     from s2_policy.collect import collect_demos
 
     cfg = yaml.safe_load((ROOT / "configs/task/pick_cube.yaml").read_text())
-    return collect_demos(cfg, workdir / "pick_cube.zarr", n_episodes=episodes, n_workers=2, seed=0)
+    cfg.pop("defaults", None)
+    return collect_demos(cfg, workdir / "pick_cube.zarr", n_episodes=episodes, n_workers=2)
 
 
 def dir_mib(path: Path) -> float:

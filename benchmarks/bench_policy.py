@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from omegaconf import OmegaConf
 
 from s2_policy.policies import LinearNormalizer, Policy
+from s2_policy.training.trainer import prepare_batch
 
 CAMS = ["front", "wrist"]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -31,7 +32,9 @@ TRAIN_CFG = {"mlp": "default", "diffusion": "diffusion"}
 
 
 def policy_config(head: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONFIGS / "policy" / f"{head}.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "policy" / f"{head}.yaml"))
+    cfg.pop("defaults", None)
+    return cfg
 
 
 def train_batch_size(head: str) -> int:
@@ -56,8 +59,8 @@ def main() -> None:
     feat = (65, 384)
 
     def make_batch(b: int) -> dict:
-        return {"obs": {c: torch.randn(b, 2, *feat) for c in CAMS} | {"state": torch.randn(b, 2, 4)},
-                "action": torch.rand(b, 16, 4) * 2 - 1}
+        return {c: torch.randn(b, 2, *feat) for c in CAMS} | {"state": torch.randn(b, 2, 4),
+                                                              "action": torch.rand(b, 16, 4) * 2 - 1}
 
     # -- training steps/s --------------------------------------------------------------------------------
     trainers = {}
@@ -72,7 +75,7 @@ def main() -> None:
         p, params, opt, ema, batch = trainers[head]
         t = time.perf_counter()
         for _ in range(n):
-            loss = p.compute_loss(batch)
+            loss = p.core(*prepare_batch(p, batch, torch.arange(len(batch["action"]))))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

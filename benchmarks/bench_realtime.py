@@ -94,7 +94,7 @@ def bench_breakdown(encoder, policies: list[Policy], rounds: int) -> list[str]:
             "merge + pool": lambda: plan.merge_prefix(outs, 2, p),
         }
         for pol in policies:
-            name = pol.config["head"]
+            name = pol.config.head
             if name == "diffusion":
                 name += f", DDIM {pol.core.head.num_inference_steps} steps"
             stages[f"head ({name})"] = lambda pol=pol: pol.predict_from_features(feats, state)

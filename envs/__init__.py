@@ -12,10 +12,12 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 from envs.base import CAMERAS, ManipulationEnv, resolve_image_sizes  # noqa: E402
 from envs.experts import make_expert  # noqa: E402
-from envs.registry import MAX_EPISODE_STEPS, TASKS, make_env, register_tasks  # noqa: E402
+from envs.registry import MAX_EPISODE_STEPS, TASKS, register_tasks  # noqa: E402
+from envs.spec import TaskSpec, make_env, register_schema  # noqa: E402
 from envs.tasks import PickCubeEnv, PickMarkedCubeEnv, PlaceCubeEnv  # noqa: E402
 
 register_tasks()
+register_schema()
 
 __all__ = [
     "CAMERAS",
@@ -25,8 +27,10 @@ __all__ = [
     "PickCubeEnv",
     "PickMarkedCubeEnv",
     "PlaceCubeEnv",
+    "TaskSpec",
     "make_env",
     "make_expert",
+    "register_schema",
     "register_tasks",
     "resolve_image_sizes",
 ]

@@ -28,9 +28,10 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
+from envs.spec import parse_image_size  # noqa: E402
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 CAMERAS: tuple[str, ...] = ("front", "wrist")
-MAX_IMAGE_SIDE = 2048
 DEFAULT_IMAGE_SIZE = 128
 
 ImageSize = int | tuple[int, int] | Sequence[int]
@@ -46,26 +47,6 @@ def _load_triton_before_gl() -> None:
     gl = os.environ.get("MUJOCO_GL", "egl")
     if gl in ("egl", "osmesa") and "triton" not in sys.modules and importlib.util.find_spec("triton"):
         importlib.import_module("triton")
-
-
-def _parse_size(cam: str, size: Any) -> tuple[int, int]:
-    """One camera's size as (h, w); int means square."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        hw = (int(size), int(size))
-    elif (
-        isinstance(size, Sequence)
-        and not isinstance(size, str)
-        and len(size) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
-    ):
-        hw = (int(size[0]), int(size[1]))
-    else:
-        raise ValueError(f"image size for camera {cam!r} must be an int or a (height, width) pair: {size!r}")
-    if not all(1 <= v <= MAX_IMAGE_SIDE for v in hw):
-        raise ValueError(
-            f"image size {hw} for camera {cam!r} is impossible: each side must be 1..{MAX_IMAGE_SIDE} pixels"
-        )
-    return hw
 
 
 def resolve_image_sizes(
@@ -87,8 +68,8 @@ def resolve_image_sizes(
             raise ValueError(
                 f"image_size mapping must name exactly the cameras {cams}: missing {missing}, unused {extra}"
             )
-        return {c: _parse_size(c, image_size[c]) for c in cams}
-    return {c: _parse_size(c, image_size) for c in cams}
+        return {c: parse_image_size(image_size[c], f"image size of camera {c!r}") for c in cams}
+    return {c: parse_image_size(image_size, f"image size of camera {c!r}") for c in cams}
 
 
 class ManipulationEnv(gym.Env):
@@ -103,6 +84,8 @@ class ManipulationEnv(gym.Env):
     workspace_low: ClassVar[np.ndarray] = np.array([-0.2, -0.2, 0.012])
     workspace_high: ClassVar[np.ndarray] = np.array([0.2, 0.2, 0.25])
     home: ClassVar[np.ndarray] = np.array([0.0, 0.0, 0.15])
+    action_meaning: ClassVar[list[str]] = ["dx", "dy", "dz", "gripper (-1 open, +1 closed)"]
+    state_meaning: ClassVar[list[str]] = ["ee_x", "ee_y", "ee_z", "gripper_opening_m"]
 
     def __init__(
         self,

@@ -1,9 +1,6 @@
-"""Task ids, their registration with gymnasium, and building an env from a ``configs/task/*.yaml`` mapping."""
+"""The project's task ids and their registration with gymnasium."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 import gymnasium as gym
 
@@ -27,30 +24,3 @@ def register_tasks() -> None:
             gym.register(
                 id=env_id, entry_point=_ENTRY_POINTS[name], max_episode_steps=MAX_EPISODE_STEPS[name]
             )
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    """A task config (dict or omegaconf DictConfig) as a plain, resolved dict."""
-    if hasattr(cfg, "_metadata"):  # omegaconf containers, without importing omegaconf for plain dicts
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"task config must be a mapping (configs/task/*.yaml), got {type(cfg).__name__}")
-    return dict(cfg)
-
-
-def make_env(task_cfg: Any, **overrides: Any) -> gym.Env:
-    """``gym.make`` for a task config: ``env_id``, ``cameras``, ``max_episode_steps`` and ``env_kwargs``.
-
-    ``overrides`` replace env kwargs (e.g. ``render_mode="rgb_array"``, ``image_size=448``).
-    """
-    cfg = _plain(task_cfg)
-    missing = [k for k in ("env_id", "cameras") if k not in cfg]
-    if missing:
-        raise ValueError(f"task config lacks {missing}; see configs/task/pick_cube.yaml for the fields")
-    kwargs: dict[str, Any] = {"cameras": tuple(cfg["cameras"]), **dict(cfg.get("env_kwargs") or {})}
-    if cfg.get("max_episode_steps") is not None:
-        kwargs["max_episode_steps"] = int(cfg["max_episode_steps"])
-    kwargs.update(overrides)
-    return gym.make(cfg["env_id"], **kwargs)

@@ -1,6 +1,6 @@
 """Scripted-expert demonstration collection into a diffusion_policy-layout zarr store.
 
-``python -m s2_policy.collect task=pick_cube n_episodes=100`` (hydra, ``configs/collect.yaml``) or
+``python -m s2_policy.jobs.collect task=pick_cube n_episodes=100`` (hydra, ``configs/collect.yaml``) or
 :func:`collect_demos` from code. Episode ``k`` of base seed ``s`` uses env and expert seed
 ``s * 1_000_000 + k``; episodes run in spawned workers (EGL contexts must not be forked), in candidate
 order, and only successful ones are appended. The store records which seeds it holds and which failed, so
@@ -10,6 +10,8 @@ re-running resumes with the next untried seed and adds only the missing episodes
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -21,10 +23,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from envs.spec import SEED_STRIDE, TaskSpec, make_env, make_expert
+from s2_policy.data.store import ReplayStore
+
 log = logging.getLogger(__name__)
 
 WRITER = "s2_policy.collect"
-SEED_STRIDE = 1_000_000
 _WORKER: dict[str, Any] = {}
 
 
@@ -33,11 +37,9 @@ def episode_seed(seed: int, k: int) -> int:
     return seed * SEED_STRIDE + k
 
 
-def _init_worker(task_cfg: dict[str, Any]) -> None:
-    import envs
-
-    env = envs.make_env(task_cfg)
-    _WORKER.update(env=env, expert=envs.make_expert(env))
+def _init_worker(spec: TaskSpec) -> None:
+    env = make_env(spec)
+    _WORKER.update(env=env, expert=make_expert(spec, env))
 
 
 def _run_episode(seed: int) -> tuple[int, bool, int, dict[str, np.ndarray] | None]:
@@ -59,35 +61,42 @@ def _run_episode(seed: int) -> tuple[int, bool, int, dict[str, np.ndarray] | Non
     return seed, success, length, ({k: np.stack(v) for k, v in frames.items()} if success else None)
 
 
-def _store_attrs(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Attributes describing how the store's episodes were produced (checked again on resume)."""
-    import envs
+def _env_fingerprint(env: Any, spec: TaskSpec) -> str:
+    """The env's own version fingerprint when it has one (the project's tasks), else one of its spec."""
+    own = getattr(env.unwrapped, "env_fingerprint", None)
+    if callable(own):
+        return str(own())
+    blob = json.dumps({"id": spec.env.id, "kwargs": spec.env.kwargs, "cameras": spec.to_dict()["cameras"]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    env = envs.make_env(cfg)
+
+def _store_attrs(spec: TaskSpec) -> dict[str, Any]:
+    """Attributes describing how the store's episodes were produced (checked again on resume)."""
+    env = make_env(spec)
     try:
-        u = env.unwrapped
-        space = env.action_space
+        u, space = env.unwrapped, env.action_space
+        obs_space = env.observation_space
         return {
             "writer": WRITER,
-            "task": cfg.get("name"),
-            "env_id": cfg["env_id"],
-            "env_kwargs": dict(cfg.get("env_kwargs") or {}),
-            "cameras": list(u.cameras),
-            "image_sizes": {c: list(hw) for c, hw in u.image_sizes.items()},
-            "control_hz": u.control_hz,
+            "task": spec.name,
+            "env_id": spec.env.id,
+            "env_kwargs": dict(spec.env.kwargs),
+            "cameras": spec.camera_names,
+            "image_sizes": {c: list(obs_space[c].shape[:2]) for c in spec.camera_names},
+            "control_hz": spec.env.control_hz,
             "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
             "action_space": {
                 "shape": list(space.shape),
-                "low": space.low.tolist(),
-                "high": space.high.tolist(),
+                "low": np.asarray(space.low).tolist(),
+                "high": np.asarray(space.high).tolist(),
                 "dtype": str(space.dtype),
-                "meaning": ["dx", "dy", "dz", "gripper (-1 open, +1 closed)"],
-                "max_step_m": u.max_step,
+                "meaning": getattr(u, "action_meaning", None),
             },
-            "state": ["ee_x", "ee_y", "ee_z", "gripper_opening_m"],
-            "env_fingerprint": u.env_fingerprint(),
-            "expert": type(envs.make_expert(env)).__name__,
-            "seed": seed,
+            "state": getattr(u, "state_meaning", None),
+            "env_fingerprint": _env_fingerprint(env, spec),
+            "expert": spec.demos.expert,
+            "seed": spec.seeds.demo,
             "seed_rule": f"episode k uses env/expert seed {SEED_STRIDE} * seed + k",
         }
     finally:
@@ -107,12 +116,10 @@ def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
         )
 
 
-def _already_full(cfg: dict[str, Any], path: Path, n_episodes: int, seed: int) -> bool:
-    """True when the store at ``path`` matches this task config (else ValueError) and is full."""
-    from s2_policy.data.store import ReplayStore
-
+def _already_full(spec: TaskSpec, path: Path, n_episodes: int) -> bool:
+    """True when the store at ``path`` matches this task (else ValueError) and is full."""
     store = ReplayStore.open(path, mode="r")
-    _check_resume(path, store.attrs, _store_attrs(cfg, seed))
+    _check_resume(path, store.attrs, _store_attrs(spec))
     if store.n_episodes >= n_episodes:
         log.info("%s already holds %d episodes (asked for %d)", path, store.n_episodes, n_episodes)
         return True
@@ -120,18 +127,34 @@ def _already_full(cfg: dict[str, Any], path: Path, n_episodes: int, seed: int) -
 
 
 def _episodes(
-    cfg: dict[str, Any], seeds: Iterator[int], n_workers: int
+    spec: TaskSpec, seeds: Iterator[int], n_workers: int
 ) -> Iterator[tuple[int, bool, int, dict[str, np.ndarray] | None]]:
     """Run episodes for ``seeds`` in order, in ``n_workers`` spawned processes (0/1: in this process)."""
     if n_workers <= 1:
-        _init_worker(cfg)
+        _init_worker(spec)
         try:
             yield from map(_run_episode, seeds)
         finally:
             _WORKER.pop("env").close()
         return
-    with mp.get_context("spawn").Pool(n_workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+    with _standard_start_method(), mp.get_context("spawn").Pool(
+            n_workers, initializer=_init_worker, initargs=(spec,)) as pool:
         yield from pool.imap(_run_episode, seeds)
+
+
+@contextlib.contextmanager
+def _standard_start_method() -> Iterator[None]:
+    """Inside a joblib/loky worker (hydra's joblib launcher) the global start method is 'loky', which spawned
+    children cannot find ('cannot find context for loky'); children get a standard one while the pool starts."""
+    current = mp.get_start_method(allow_none=True)
+    if current in (None, "spawn", "fork", "forkserver"):
+        yield
+        return
+    mp.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        mp.set_start_method(current, force=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -181,16 +204,16 @@ def _exclusive(path: Path, wait_s: float = 0.0) -> Iterator[None]:
 
 
 def collect_demos(
-    task_cfg: Any,
+    task: TaskSpec | Any,
     out_path: str | Path,
     n_episodes: int,
     n_workers: int = 2,
-    seed: int = 0,
     max_attempts: int | None = None,
     progress: bool = True,
     wait_s: float = 0.0,
 ) -> Path:
-    """Fill the store at ``out_path`` with ``n_episodes`` successful expert episodes; returns the path.
+    """Fill the store at ``out_path`` with ``n_episodes`` successful expert episodes of ``task`` (a
+    :class:`~envs.spec.TaskSpec` or its config); returns the path. Seeds follow ``task.seeds.demo``.
 
     Resumable: an existing store (same env and env version, cameras, sizes and base seed) keeps its episodes
     and only the missing ones are collected, continuing after the last seed tried. Failed episodes are not
@@ -200,26 +223,25 @@ def collect_demos(
     with ``wait_s > 0`` a second caller waits that long for the first to finish (parallel sweep jobs), then
     finds the store full and only reads it; with 0 it fails at once.
     """
-    from envs.registry import _plain
-
     if n_episodes < 0:
         raise ValueError(f"n_episodes must be >= 0, got {n_episodes}")
-    cfg = _plain(task_cfg)
+    spec = TaskSpec.from_config(task)
+    if spec.demos.source != "expert":
+        raise ValueError(f"task {spec.name!r} reads its demos from a store (demos.source: store); there is no "
+                         "expert to collect with")
     path = Path(out_path)
-    if path.exists() and _already_full(cfg, path, n_episodes, seed):
+    if path.exists() and _already_full(spec, path, n_episodes):
         return path  # read-only: parallel jobs (sweeps) sharing a full store neither lock nor write it
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path, wait_s):
-        return _collect(cfg, path, n_episodes, n_workers, seed, max_attempts, progress)
+        return _collect(spec, path, n_episodes, n_workers, max_attempts, progress)
 
 
 def _collect(
-    cfg: dict[str, Any], path: Path, n_episodes: int, n_workers: int, seed: int, max_attempts: int | None,
-    progress: bool,
+    spec: TaskSpec, path: Path, n_episodes: int, n_workers: int, max_attempts: int | None, progress: bool,
 ) -> Path:  # fmt: skip
-    from s2_policy.data.store import ReplayStore
-
-    attrs = _store_attrs(cfg, seed)
+    seed = spec.seeds.demo
+    attrs = _store_attrs(spec)
     if path.exists():
         store = ReplayStore.open(path, mode="a")
         _check_resume(path, store.attrs, attrs)
@@ -242,9 +264,9 @@ def _collect(
     start = max([s - seed * SEED_STRIDE + 1 for s in kept + failed], default=0)
     budget = max_attempts if max_attempts is not None else 2 * missing + 10
     initial, new_failed = store.n_episodes, []
-    bar = tqdm(total=missing, desc=f"collect {cfg.get('name', cfg['env_id'])}", disable=not progress)
+    bar = tqdm(total=missing, desc=f"collect {spec.name}", disable=not progress)
     candidates = (episode_seed(seed, k) for k in range(start, start + budget))
-    episodes = _episodes(cfg, candidates, n_workers)
+    episodes = _episodes(spec, candidates, n_workers)
     try:
         for s, success, length, frames in episodes:
             if success:
@@ -273,22 +295,3 @@ def _collect(
             f"({len(new_failed)} failed); the expert is failing: check the task config"
         )
     return path
-
-
-def _main() -> None:
-    import hydra
-    from hydra.utils import to_absolute_path
-    from omegaconf import DictConfig
-
-    @hydra.main(config_path="../configs", config_name="collect", version_base="1.3")
-    def run(cfg: DictConfig) -> None:
-        path = collect_demos(
-            cfg.task, to_absolute_path(cfg.out), int(cfg.n_episodes), int(cfg.n_workers), int(cfg.seed)
-        )
-        print(f"store: {path}")
-
-    run()
-
-
-if __name__ == "__main__":
-    _main()

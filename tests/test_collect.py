@@ -7,25 +7,14 @@ import threading
 
 import numpy as np
 import pytest
+from tasks import load_task
 
 from s2_policy.collect import collect_demos, episode_seed
 from s2_policy.data.store import ReplayStore
 
 
-def _cfg(**over):
-    cfg = {
-        "name": "pick_cube",
-        "env_id": "s2_policy/PickCube-v0",
-        "env_kwargs": {"image_size": 32, "terminate_on_success": True},
-        "cameras": ["front", "wrist"],
-        "state_key": "state",
-        "action_key": "action",
-        "max_episode_steps": 60,
-        "dataset": "unused",
-        "n_demos": 2,
-    }
-    cfg.update(over)
-    return cfg
+def _cfg(size=32, **dotted):
+    return load_task("pick_cube", size=size, **dotted)
 
 
 def test_collect_writes_valid_store_and_resumes(tmp_path):
@@ -72,7 +61,7 @@ def test_failed_episodes_are_reported_not_stored(tmp_path):
     out = tmp_path / "fail.zarr"
     with pytest.raises(RuntimeError, match="expert is failing"):
         collect_demos(
-            _cfg(max_episode_steps=3), out, n_episodes=2, n_workers=0, max_attempts=3, progress=False
+            _cfg(**{"env.max_episode_steps": 3}), out, n_episodes=2, n_workers=0, max_attempts=3, progress=False
         )
     store = ReplayStore.open(out)
     assert store.n_episodes == 0 and store.attrs["failed_seeds"] == [0, 1, 2]
@@ -82,9 +71,9 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "d.zarr"
     collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
     with pytest.raises(ValueError, match="image_sizes"):
-        collect_demos(_cfg(env_kwargs={"image_size": 48}), out, n_episodes=2, n_workers=0, progress=False)
+        collect_demos(_cfg(size=48), out, n_episodes=2, n_workers=0, progress=False)
     with pytest.raises(ValueError, match="seed"):
-        collect_demos(_cfg(), out, n_episodes=2, n_workers=0, seed=1, progress=False)
+        collect_demos(_cfg(**{"seeds.demo": 1}), out, n_episodes=2, n_workers=0, progress=False)
     # A store from another version of the task (or not from collect at all) is refused too.
     ReplayStore.open(out, mode="a").update_attrs({"env_fingerprint": "old"})
     with pytest.raises(ValueError, match="env_fingerprint"):
@@ -98,8 +87,9 @@ def test_episode_seeds_are_disjoint_across_base_seeds():
 @pytest.mark.slow
 def test_collect_command(tmp_path):
     out = tmp_path / "cmd.zarr"
-    cmd = [sys.executable, "-m", "s2_policy.collect", "task=pick_marked_cube", "n_episodes=1", "n_workers=0",
-           f"out={out}", "task.env_kwargs.image_size=24", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "s2_policy.jobs.collect", "task=pick_marked_cube", "n_episodes=1",
+           "n_workers=0", f"out={out}", "task.env.kwargs.image_size=24", "task.cameras.front.size=[24,24]",
+           "task.cameras.wrist.size=[24,24]", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     store = ReplayStore.open(out)
@@ -126,7 +116,7 @@ def test_concurrent_collection_is_refused_and_stale_locks_are_taken_over(tmp_pat
         collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False)
     lock.unlink()
     with pytest.raises(ValueError, match="different settings"):
-        collect_demos(_cfg(env_kwargs={"image_size": 48, "terminate_on_success": True}), out, n_episodes=1,
+        collect_demos(_cfg(size=48), out, n_episodes=1,
                       n_workers=0, progress=False)
 
 

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from tasks import load_task
 
 import envs
 
@@ -153,18 +154,18 @@ def test_make_expert_rejects_other_envs():
         envs.make_expert(gym.make("CartPole-v1"))
 
 
-def test_make_env_from_task_config_and_render():
-    cfg = {"env_id": "s2_policy/PickCube-v0", "cameras": ["wrist", "front"], "max_episode_steps": 7,
-           "env_kwargs": {"image_size": [32, 48]}}  # fmt: skip
-    env = envs.make_env(cfg, render_mode="rgb_array")
+def test_make_env_from_task_spec_and_render():
+    task = load_task("pick_cube", size=[32, 48], **{"env.max_episode_steps": 7,
+                                                  "env.kwargs.cameras": ["wrist", "front"]})
+    env = envs.make_env(task, render_mode="rgb_array")
     obs, _ = env.reset(seed=0)
     assert env.spec.max_episode_steps == 7 and obs["wrist"].shape == (32, 48, 3)
     frame = env.render()
     assert frame.shape == (32, 96, 3)
     np.testing.assert_array_equal(frame[:, :48], obs["wrist"])
     env.close()
-    with pytest.raises(ValueError, match="lacks"):
-        envs.make_env({"cameras": ["front"]})
+    with pytest.raises(ValueError, match="cameras.front.size"):  # the spec and the env disagree on sizes
+        envs.make_env(load_task("pick_cube", size=32, **{"env.kwargs.image_size": 48})).reset(seed=0)
 
 
 @pytest.mark.parametrize("name", ALL_TASKS)

@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 import test_evaluation_toyenv  # noqa: F401  (registers ToyWalk-v0; light, so spawned workers start fast)
 import torch
+from tasks import load_task
 
+from envs.spec import CameraSpec, DemoSpec, EnvConfig, TaskSpec
 from s2_policy.evaluation.compare import compare
 from s2_policy.evaluation.evaluate import evaluate_policy
-from s2_policy.evaluation.rollout import EnvSpec, run_rollouts
+from s2_policy.evaluation.rollout import run_rollouts
 from s2_policy.evaluation.stats import fisher_exact, two_proportion_z, wilson_interval
+
+
+def _toy_task(obs_key="cam"):
+    """A plain gymnasium env (none of the project's kwargs; its own observation keys) as a task."""
+    return TaskSpec(name="toy", env=EnvConfig(id="ToyWalk-v0", import_modules=["test_evaluation_toyenv"],
+                                              max_episode_steps=6, state_keys=["pos"]),
+                    cameras={"front": CameraSpec(obs_key=obs_key)}, demos=DemoSpec(source="store", path="unused"))
 
 
 class PushRight:
@@ -53,10 +62,8 @@ def test_significance_tests():
 
 @pytest.mark.parametrize("n_envs", [1, 2])
 def test_rollouts_on_toy_env_seeds_chunks_and_key_mapping(tmp_path, n_envs):
-    spec = EnvSpec("ToyWalk-v0", obs_keys={"front": "cam", "state": "pos"}, max_episode_steps=6,
-                   import_modules=["test_evaluation_toyenv"])
     pol = PushRight()
-    res = run_rollouts(pol, spec, [0, 1, 3], n_envs=n_envs, video_dir=tmp_path, n_videos=1, progress=False)
+    res = run_rollouts(pol, _toy_task(), [0, 1, 3], n_envs=n_envs, video_dir=tmp_path, n_videos=1, progress=False)
     assert [e["seed"] for e in res["episodes"]] == [0, 1, 3]
     assert [e["success"] for e in res["episodes"]] == [True, True, False]
     assert [e["length"] for e in res["episodes"]] == [2, 4, 6]
@@ -70,9 +77,8 @@ def test_rollouts_on_toy_env_seeds_chunks_and_key_mapping(tmp_path, n_envs):
 
 
 def test_rollout_reports_missing_obs_keys():
-    spec = EnvSpec("ToyWalk-v0", obs_keys={"state": "pos"}, import_modules=["test_evaluation_toyenv"])
-    with pytest.raises(KeyError, match="obs_keys"):
-        run_rollouts(PushRight(), spec, [0], n_envs=1, progress=False)
+    with pytest.raises(ValueError, match="cameras.front.obs_key"):
+        run_rollouts(PushRight(), _toy_task(obs_key="front"), [0], n_envs=1, progress=False)
 
 
 @pytest.mark.slow
@@ -86,12 +92,12 @@ def test_evaluate_policy_on_pick_cube_with_random_actions(tmp_path):
             assert obs["front"].shape[1:] == (2, 32, 32, 3) and obs["state"].ndim == 3
             return torch.rand(obs["state"].shape[0], 4, 4, generator=generator) * 2 - 1
 
-    task = {"name": "pick_cube", "env_id": "s2_policy/PickCube-v0", "cameras": ["front", "wrist"],
-            "env_kwargs": {"image_size": 32}, "state_key": "state", "max_episode_steps": 8}
-    res = evaluate_policy(Random(), task, n_episodes=2, n_envs=1, seed_start=7, video_dir=tmp_path,
-                          n_videos=1, progress=False)
-    assert res["n_episodes"] == 2 and res["task"] == "pick_cube"
-    assert [e["seed"] for e in res["episodes"]] == [7, 8]
+    task = load_task("pick_cube", size=32, **{"env.max_episode_steps": 8, "seeds.test": 300_000,
+                                               "demos.path": str(tmp_path / "none.zarr")})
+    res = evaluate_policy(Random(), task, n_episodes=2, n_envs=1, video_dir=tmp_path, n_videos=1,
+                          progress=False)
+    assert res["n_episodes"] == 2 and res["task"] == "pick_cube" and res["seed_role"] == "test"
+    assert [e["seed"] for e in res["episodes"]] == [300_000, 300_001]
     assert all(e["length"] <= 8 for e in res["episodes"])
     assert len(list(tmp_path.glob("*.mp4"))) == 1
 

@@ -13,6 +13,8 @@ import pytest
 from s2_policy.evaluation.compare import compare
 
 REPO = Path(__file__).resolve().parents[1]
+SMALL = ["task.env.max_episode_steps=40", "task.env.kwargs.image_size=64", "task.cameras.front.size=[64,64]",
+         "task.cameras.wrist.size=[64,64]"]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -26,8 +28,8 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_train_evaluate_compare_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
-    res = _run([str(REPO / "train_policy.py"), f"task.dataset={tmp_path / 'pick.zarr'}", "task.n_demos=2",
-                "task.max_episode_steps=40", "task.env_kwargs.image_size=64", "s2=single", "train=smoke",
+    res = _run([str(REPO / "train_policy.py"), f"task.demos.path={tmp_path / 'pick.zarr'}",
+                "task.demos.n_episodes=2", *SMALL, "s2=single", "train=smoke",
                 "train.steps=6", "train.rollout_every=3", "eval.periodic_episodes=1", "eval.n_episodes=2",
                 "eval.n_videos=1", "collect.n_workers=0", "cache.batch_size=16", "label=tiny",
                 f"hydra.run.dir={run_dir}"], cwd=tmp_path)
@@ -45,7 +47,7 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
     assert (tmp_path / "pick.zarr").is_dir()
 
     out = tmp_path / "eval.json"
-    _run(["-m", "s2_policy.evaluation.evaluate", f"checkpoint={run_dir / 'policy.pt'}", "n_episodes=1",
+    _run(["-m", "s2_policy.jobs.evaluate", f"checkpoint={run_dir / 'policy.pt'}", "n_episodes=1",
           "n_videos=0", f"out={out}", f"hydra.run.dir={tmp_path / 'evallogs'}"], cwd=REPO)
     ev = json.loads(out.read_text())
     assert ev["rollout"]["n_episodes"] == 1 and ev["label"] == "tiny"
@@ -57,13 +59,13 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_multirun_sends_the_job_to_workers(tmp_path):
-    """`-m hydra/launcher=joblib` pickles the task function: it must reach the loky workers and run."""
+    """`-m hydra/launcher=joblib` pickles the task function: it must reach the loky workers and run, and the
+    demo collection's spawned worker pool must start inside a loky worker (no store exists yet)."""
     sweep = tmp_path / "sweep"
     _run([str(REPO / "train_policy.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1",
-          f"hydra.sweep.dir={sweep}", f"task.dataset={tmp_path / 'pick.zarr'}", "task.n_demos=1",
-          "task.max_episode_steps=30", "task.env_kwargs.image_size=64", "s2=single", "train=smoke",
-          "train.steps=2", "eval.n_episodes=1", "eval.n_videos=0", "eval.profile_encoder=false",
-          "collect.n_workers=0", "seed=0,1"], cwd=tmp_path)
+          f"hydra.sweep.dir={sweep}", f"task.demos.path={tmp_path / 'pick.zarr'}", "task.demos.n_episodes=1",
+          *SMALL, "s2=single", "train=smoke", "train.steps=2", "eval.n_episodes=1", "eval.n_videos=0",
+          "eval.profile_encoder=false", "collect.n_workers=2", "seed=0,1"], cwd=tmp_path)
     results = sorted(sweep.glob("*/result.json"))
     assert len(results) == 2, list(sweep.iterdir())
     assert {json.loads(r.read_text())["seed"] for r in results} == {0, 1}

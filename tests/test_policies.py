@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from s2_policy.policies import DiffusionHead, LinearNormalizer, MLPHead, Policy
+from s2_policy.policies.config import DiffusionHeadConfig, MLPHeadConfig
 from s2_policy.policies.unet1d import ConditionalUnet1D
 
 CAMS = ["front", "wrist"]
@@ -68,7 +69,7 @@ def _overfit(head: torch.nn.Module, cond: torch.Tensor, target: torch.Tensor, st
 def test_mlp_head_overfits(loss):
     torch.manual_seed(0)
     cond, target = torch.randn(16, 24), torch.rand(16, 8, 3) * 2 - 1
-    head = MLPHead(24, 3, 8, hidden_dim=128, n_layers=2, loss=loss)
+    head = MLPHead(24, 3, 8, MLPHeadConfig(hidden_dim=128, n_layers=2, loss=loss))
     _overfit(head, cond, target, 400, 3e-3)
     assert (head.predict(cond) - target).abs().mean() < 0.05
 
@@ -76,8 +77,8 @@ def test_mlp_head_overfits(loss):
 def test_diffusion_head_overfits():
     torch.manual_seed(0)
     cond, target = torch.randn(4, 16), torch.rand(4, 8, 2) * 1.6 - 0.8
-    head = DiffusionHead(16, 2, 8, down_dims=(32,), step_embed_dim=16, num_train_timesteps=50,
-                         num_inference_steps=10)
+    head = DiffusionHead(16, 2, 8, DiffusionHeadConfig(down_dims=[32], step_embed_dim=16,
+                                                       num_train_timesteps=50, num_inference_steps=10))
     _overfit(head, cond.repeat(16, 1), target.repeat(16, 1, 1), 200, 3e-3)   # many noise levels per step
     pred = head.predict(cond, generator=torch.Generator().manual_seed(0))
     assert pred.shape == target.shape
@@ -91,7 +92,7 @@ def test_unet_shapes_and_horizon_check():
     with pytest.raises(ValueError, match="divisible"):
         net(torch.randn(2, 10, 3), 3, torch.randn(2, 5))
     with pytest.raises(ValueError, match="divisible"):
-        DiffusionHead(5, 3, horizon=10, down_dims=(16, 32, 64))
+        DiffusionHead(5, 3, 10, DiffusionHeadConfig(down_dims=[16, 32, 64]))
 
 
 def _obs(b: int, f: int = 32, seed: int = 0) -> dict:

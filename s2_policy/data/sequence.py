@@ -10,6 +10,7 @@ only those frames are decoded); actions for all ``horizon`` frames.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ class SequenceDataset(Dataset):
     def __init__(
         self,
         store_path: str | os.PathLike,
-        cameras: list[str] | tuple[str, ...] = ("front", "wrist"),
+        cameras: Sequence[str] | Mapping[str, str] = ("front", "wrist"),
         state_key: str | None = "state",
         action_key: str = "action",
         horizon: int = 16,
@@ -80,6 +81,7 @@ class SequenceDataset(Dataset):
         max_train_episodes: int | None = None,
         features: FeatureCache | None = None,
         use_store_split: bool = True,
+        n_episodes: int | None = None,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -94,8 +96,12 @@ class SequenceDataset(Dataset):
             )
         if max_train_episodes is not None and max_train_episodes < 1:
             raise ValueError(f"max_train_episodes must be >= 1 or None, got {max_train_episodes}")
+        if n_episodes is not None and n_episodes < 1:
+            raise ValueError(f"n_episodes must be >= 1 or None, got {n_episodes}")
         self.store_path = Path(store_path)
-        self.cameras = list(cameras)
+        # camera name (the policy's) -> store array key (data/<key>); the same unless the task maps them
+        self.camera_keys = dict(cameras) if isinstance(cameras, Mapping) else {c: c for c in cameras}
+        self.cameras = list(self.camera_keys)
         self.state_key = state_key
         self.action_key = action_key
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
@@ -103,12 +109,14 @@ class SequenceDataset(Dataset):
         self.split, self.val_ratio, self.seed = split, val_ratio, seed
         self.max_train_episodes = max_train_episodes
         self.use_store_split = use_store_split
+        self.n_episodes = n_episodes
         self.features = features
 
         store = ReplayStore.open(self.store_path, mode="r")
         self._store: ReplayStore | None = store
         self._pid = os.getpid()
-        needed = self.cameras + [action_key] + ([state_key] if state_key else [])
+        keys = list(self.camera_keys.values())
+        needed = keys + [action_key] + ([state_key] if state_key else [])
         missing = [k for k in needed if k not in store]
         if missing:
             raise ValueError(
@@ -116,7 +124,7 @@ class SequenceDataset(Dataset):
                 "check cameras/state_key/action_key"
             )
         if features is not None:
-            features.check_matches(store, self.cameras)
+            features.check_matches(store, keys)
 
         self.train_episodes, self.val_episodes = self._split(store)
         self.episodes = self.train_episodes if split == "train" else self.val_episodes
@@ -129,7 +137,7 @@ class SequenceDataset(Dataset):
         self._win_start, self._win_len, self._win_t0 = starts[ep], lengths[ep], t0
 
     def _split(self, store: ReplayStore) -> tuple[np.ndarray, np.ndarray]:
-        n = store.n_episodes
+        n = store.n_episodes if self.n_episodes is None else min(store.n_episodes, self.n_episodes)
         stored = store.attrs.get("split") if self.use_store_split else None
         if stored and "train" in stored:
             train = np.asarray(sorted(stored["train"]), dtype=np.int64)
@@ -174,12 +182,12 @@ class SequenceDataset(Dataset):
         t = self.frame_indices(i)
         obs_t = t[: self.n_obs_steps]
         obs: dict[str, torch.Tensor] = {}
-        for cam in self.cameras:
+        for cam, key in self.camera_keys.items():
             if self.features is not None:
-                obs[cam] = torch.from_numpy(self.features.get(cam)[obs_t])
+                obs[cam] = torch.from_numpy(self.features.get(key)[obs_t])
             else:
                 lo, hi = int(obs_t[0]), int(obs_t[-1])
-                frames = self.store[cam][lo : hi + 1]  # only the frames this window observes
+                frames = self.store[key][lo : hi + 1]  # only the frames this window observes
                 obs[cam] = torch.from_numpy(np.ascontiguousarray(frames[obs_t - lo]))
         if self._state is not None:
             obs["state"] = torch.from_numpy(self._state[obs_t])
@@ -202,7 +210,7 @@ class SequenceDataset(Dataset):
         """The same windows over the validation episodes (same split seed, store and features)."""
         return SequenceDataset(
             self.store_path,
-            cameras=self.cameras,
+            cameras=self.camera_keys,
             state_key=self.state_key,
             action_key=self.action_key,
             horizon=self.horizon,
@@ -214,6 +222,7 @@ class SequenceDataset(Dataset):
             max_train_episodes=self.max_train_episodes,
             features=self.features,
             use_store_split=self.use_store_split,
+            n_episodes=self.n_episodes,
         )
 
     @property

@@ -30,7 +30,7 @@ def load_results(patterns: Sequence[str]) -> list[dict[str, Any]]:
     paths = sorted({p for pat in patterns for p in glob.glob(str(pat), recursive=True)})
     if not paths:
         raise FileNotFoundError(f"no result files match {list(patterns)}; run train_policy.py (or "
-                                f"s2_policy.evaluation.evaluate) first, or fix the glob")
+                                f"s2_policy.jobs.evaluate) first, or fix the glob")
     out = []
     for p in paths:
         with open(p) as f:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from envs.spec import TaskSpec, make_env
+
 
 def encoder_profile(encoder: torch.nn.Module, image_sizes: Mapping[str, Sequence[int]], repeats: int = 10,
                     warmup: int = 2) -> dict[str, Any]:
@@ -37,12 +39,13 @@ def encoder_profile(encoder: torch.nn.Module, image_sizes: Mapping[str, Sequence
             "latency_ms_median": 1000 * statistics.median(times), "threads": torch.get_num_threads()}
 
 
-def task_image_sizes(task: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """(h, w) of each camera of a task config (``env_kwargs.image_size``: int, [h, w] or per camera)."""
-    cams = list(task["cameras"])
-    size = (task.get("env_kwargs") or {}).get("image_size", 128)
-    out = {}
-    for c in cams:
-        s = size[c] if isinstance(size, Mapping) else size
-        out[c] = (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
-    return out
+def task_image_sizes(task: TaskSpec) -> dict[str, tuple[int, int]]:
+    """(h, w) of each camera of a task: the spec's sizes, else what its env observes."""
+    sizes = task.image_sizes()
+    if all(v is not None for v in sizes.values()):
+        return sizes  # type: ignore[return-value]
+    env = make_env(task)
+    try:
+        return {c: tuple(env.observation_space[c].shape[:2]) for c in task.camera_names}
+    finally:
+        env.close()

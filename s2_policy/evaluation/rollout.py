@@ -1,7 +1,7 @@
 """Vectorised policy rollouts: fixed seeds, policy batched over envs, action chunks, success statistics.
 
-Works on any gymnasium env whose observation is a dict holding camera images and a state vector; which env
-key feeds which policy input comes from ``obs_keys`` (config), and success from ``info[success_key]``.
+Works on any gymnasium env a :class:`~envs.spec.TaskSpec` describes: :func:`envs.spec.make_env` turns its
+observations into ``{camera: image, "state": vector}`` and its success flag into ``info["is_success"]``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import functools
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,55 +18,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from s2_policy.evaluation.envfactory import make_env
+from envs.spec import TaskSpec, make_env
 from s2_policy.evaluation.stats import wilson_interval
 from s2_policy.evaluation.video import tile_cameras, write_mp4
 
 
-@dataclass
-class EnvSpec:
-    """How to build and read an evaluation env.
-
-    ``obs_keys`` maps each policy input (camera names and ``state``) to the env observation key; empty means
-    identical names. ``import_modules`` are imported in every worker before ``gym.make`` (registration).
-    """
-
-    env_id: str
-    env_kwargs: dict = field(default_factory=dict)
-    obs_keys: dict = field(default_factory=dict)
-    max_episode_steps: int | None = None
-    import_modules: list[str] = field(default_factory=lambda: ["envs"])
-    success_key: str = "is_success"
-    fps: float = 10.0
-
-    @classmethod
-    def from_task(cls, task: Mapping[str, Any], **overrides: Any) -> EnvSpec:
-        """From a ``configs/task/*.yaml`` mapping (``env_id``, ``env_kwargs``, ``cameras``, ``state_key``)."""
-        cams = list(task.get("cameras", []))
-        env_kwargs = dict(task.get("env_kwargs") or {})
-        env_kwargs.setdefault("cameras", tuple(cams))
-        obs_keys = {c: c for c in cams}
-        obs_keys["state"] = task.get("state_key", "state")
-        obs_keys.update(dict(task.get("obs_keys") or {}))
-        kw = dict(env_id=task["env_id"], env_kwargs=env_kwargs, obs_keys=obs_keys,
-                  max_episode_steps=task.get("max_episode_steps"),
-                  import_modules=list(task.get("import_modules", ["envs"])),
-                  success_key=task.get("success_key", "is_success"), fps=float(task.get("control_hz", 10)))
-        kw.update(overrides)
-        return cls(**kw)
-
-
-def make_vector_env(spec: EnvSpec, n_envs: int) -> gym.vector.VectorEnv:
+def make_vector_env(task: TaskSpec, n_envs: int) -> gym.vector.VectorEnv:
     """``SyncVectorEnv`` for one env, else ``AsyncVectorEnv`` with spawned workers (EGL must not fork)."""
-    fn = functools.partial(make_env, spec.env_id, spec.env_kwargs, tuple(spec.import_modules),
-                           spec.max_episode_steps)
+    fn = functools.partial(make_env, task)
     mode = gym.vector.AutoresetMode.DISABLED
     if n_envs == 1:
         return gym.vector.SyncVectorEnv([fn], autoreset_mode=mode)
     return gym.vector.AsyncVectorEnv([fn] * n_envs, context="spawn", autoreset_mode=mode)
 
 
-def run_rollouts(policy: Any, spec: EnvSpec, seeds: Sequence[int], n_envs: int = 2,
+def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int = 2,
                  video_dir: str | Path | None = None, n_videos: int = 2, progress: bool = True,
                  sample_seed: int = 0) -> dict[str, Any]:
     """Roll ``policy`` out once per seed and return success statistics (JSON-able dict).
@@ -81,9 +46,14 @@ def run_rollouts(policy: Any, spec: EnvSpec, seeds: Sequence[int], n_envs: int =
     if not seeds:
         raise ValueError("run_rollouts needs at least one seed")
     n_envs = max(1, min(int(n_envs), len(seeds)))
-    keys = {k: spec.obs_keys.get(k, k) for k in (*policy.cameras, "state")}
+    missing = [c for c in policy.cameras if c not in task.cameras]
+    if missing:
+        raise ValueError(f"the policy sees cameras {policy.cameras} but task {task.name!r} has {task.camera_names}"
+                         f" (missing {missing}); evaluate on the task it was trained on")
+    keys = {k: k for k in (*policy.cameras, "state")}
     to = policy.n_obs_steps
-    venv = make_vector_env(spec, n_envs)
+    max_steps = task.env.max_episode_steps
+    venv = make_vector_env(task, n_envs)
     gen = torch.Generator(device=policy.device).manual_seed(sample_seed)
     lo, hi = venv.single_action_space.low, venv.single_action_space.high
     results: list[dict] = []
@@ -93,7 +63,6 @@ def run_rollouts(policy: Any, spec: EnvSpec, seeds: Sequence[int], n_envs: int =
     policy_calls = 0
     try:
         obs, _ = venv.reset(seed=seeds[:n_envs])
-        _check_keys(obs, keys, spec.env_id)
         slot_ep = list(range(n_envs))        # episode index (into seeds) each env slot is running
         next_ep = n_envs
         active = np.ones(n_envs, bool)
@@ -121,7 +90,7 @@ def run_rollouts(policy: Any, spec: EnvSpec, seeds: Sequence[int], n_envs: int =
                 if active[i]:
                     action[i] = queues[i].popleft()
             obs, _, term, trunc, info = venv.step(action)
-            succ = np.asarray(info.get(spec.success_key, np.zeros(n_envs, bool)), bool)
+            succ = np.asarray(info.get("is_success", np.zeros(n_envs, bool)), bool)
             done_slots = []
             for i in range(n_envs):
                 if not active[i]:
@@ -130,7 +99,7 @@ def run_rollouts(policy: Any, spec: EnvSpec, seeds: Sequence[int], n_envs: int =
                 success[i] |= bool(succ[i])
                 hist[i].append(_slice(obs, keys, i))
                 _record(frames, slot_ep[i], hist[i][-1], policy.cameras)
-                limit = spec.max_episode_steps is not None and length[i] >= spec.max_episode_steps
+                limit = max_steps is not None and length[i] >= max_steps
                 if term[i] or trunc[i] or limit:
                     results.append({"seed": seeds[slot_ep[i]], "success": bool(success[i]),
                                     "length": int(length[i])})
@@ -138,7 +107,7 @@ def run_rollouts(policy: Any, spec: EnvSpec, seeds: Sequence[int], n_envs: int =
                     ep = slot_ep[i]
                     if ep in frames and video_dir is not None:
                         name = f"episode_{ep:03d}_seed{seeds[ep]}.mp4"
-                        videos.append(str(write_mp4(frames.pop(ep), Path(video_dir) / name, fps=spec.fps)))
+                        videos.append(str(write_mp4(frames.pop(ep), Path(video_dir) / name, fps=task.env.control_hz)))
                     done_slots.append(i)
             if done_slots:
                 restart = [i for i in done_slots if next_ep < len(seeds)]
@@ -166,7 +135,7 @@ def run_rollouts(policy: Any, spec: EnvSpec, seeds: Sequence[int], n_envs: int =
     results.sort(key=lambda r: seeds.index(r["seed"]))
     k, n = sum(r["success"] for r in results), len(results)
     ci = wilson_interval(k, n)
-    return {"env_id": spec.env_id, "n_episodes": n, "successes": k, "success_rate": k / n, "ci95": list(ci),
+    return {"env_id": task.env.id, "task": task.name, "n_episodes": n, "successes": k, "success_rate": k / n, "ci95": list(ci),
             "mean_episode_length": float(np.mean([r["length"] for r in results])),
             "episodes": results, "videos": videos, "seconds": time.perf_counter() - t0,
             "policy_seconds": policy_s, "policy_calls": policy_calls, "n_envs": n_envs}
@@ -180,10 +149,3 @@ def _record(frames: dict[int, list[np.ndarray]], ep: int, ob: Mapping[str, np.nd
             cams: Sequence[str]) -> None:
     if ep in frames:
         frames[ep].append(tile_cameras(ob, cams))
-
-
-def _check_keys(obs: Mapping, keys: Mapping[str, str], env_id: str) -> None:
-    missing = sorted(v for v in keys.values() if v not in obs)
-    if missing:
-        raise KeyError(f"env {env_id} observations lack keys {missing} (has {sorted(obs)}); set the task's "
-                       f"cameras/state_key or obs_keys mapping to match the env")

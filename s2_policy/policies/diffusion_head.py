@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
+from s2_policy.policies.config import DiffusionHeadConfig
 from s2_policy.policies.unet1d import ConditionalUnet1D
 
 
@@ -18,29 +19,26 @@ class DiffusionHead(nn.Module):
     """Conditional denoiser over normalised action chunks ``(B, horizon, A)`` in [-1, 1]."""
 
     def __init__(self, cond_dim: int, action_dim: int, horizon: int,
-                 down_dims: tuple[int, ...] = (64, 128, 256),
-                 kernel_size: int = 5, n_groups: int = 8, step_embed_dim: int = 128,
-                 num_train_timesteps: int = 100, num_inference_steps: int = 10,
-                 beta_schedule: str = "squaredcos_cap_v2", prediction_type: str = "epsilon",
-                 clip_sample: bool = True) -> None:
+                 cfg: DiffusionHeadConfig | None = None) -> None:
         super().__init__()
-        if prediction_type not in ("epsilon", "sample"):
-            raise ValueError(f"prediction_type {prediction_type!r} is unsupported; use 'epsilon' or 'sample'")
-        if not 1 <= num_inference_steps <= num_train_timesteps:
+        cfg = cfg or DiffusionHeadConfig()
+        down_dims = tuple(cfg.down_dims)
+        if cfg.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type {cfg.prediction_type!r} is unsupported; use 'epsilon' or 'sample'")
+        if not 1 <= cfg.num_inference_steps <= cfg.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be in [1, num_train_timesteps="
-                             f"{num_train_timesteps}], "
-                             f"got {num_inference_steps}")
+                             f"{cfg.num_train_timesteps}], got {cfg.num_inference_steps}")
         self.action_dim, self.horizon = action_dim, horizon
-        self.num_inference_steps = num_inference_steps
-        self.model = ConditionalUnet1D(action_dim, cond_dim, tuple(down_dims), kernel_size, n_groups,
-                                       step_embed_dim)
-        sched = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                     prediction_type=prediction_type, clip_sample=clip_sample)
+        self.num_inference_steps = cfg.num_inference_steps
+        self.model = ConditionalUnet1D(action_dim, cond_dim, down_dims, cfg.kernel_size, cfg.n_groups,
+                                       cfg.step_embed_dim)
+        sched = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                     prediction_type=cfg.prediction_type, clip_sample=cfg.clip_sample)
         self.train_scheduler = DDPMScheduler(**sched)
         self.infer_scheduler = DDIMScheduler(**sched, set_alpha_to_one=True, steps_offset=0)
         if horizon % (2 ** self.model.n_down):
             raise ValueError(f"horizon {horizon} must be divisible by {2 ** self.model.n_down} for "
-                             f"down_dims={tuple(down_dims)}; change horizon or use fewer down_dims")
+                             f"down_dims={list(down_dims)}; change horizon or use fewer down_dims")
 
     def compute_loss(self, cond: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Denoising loss: MSE between predicted and true noise (or clean sample) at a random timestep."""

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from s2_policy.policies.config import MLPHeadConfig
+
 
 class MLPHead(nn.Module):
     """Regresses the normalised action chunk ``(B, horizon, A)`` from a flat condition ``(B, cond_dim)``.
@@ -13,9 +15,10 @@ class MLPHead(nn.Module):
     ``loss`` is ``"l2"`` (MSE) or ``"l1"``; deterministic at inference.
     """
 
-    def __init__(self, cond_dim: int, action_dim: int, horizon: int, hidden_dim: int = 512,
-                 n_layers: int = 3, dropout: float = 0.0, loss: str = "l2") -> None:
+    def __init__(self, cond_dim: int, action_dim: int, horizon: int, cfg: MLPHeadConfig | None = None) -> None:
         super().__init__()
+        cfg = cfg or MLPHeadConfig()
+        hidden_dim, n_layers, dropout, loss = cfg.hidden_dim, cfg.n_layers, cfg.dropout, cfg.loss
         if loss not in ("l2", "l1"):
             raise ValueError(f"MLP head loss {loss!r} is unknown; use 'l2' or 'l1'")
         if min(cond_dim, action_dim, horizon, hidden_dim, n_layers) < 1:

@@ -18,28 +18,12 @@ import torch
 from torch import nn
 
 from s2_policy.atomic import atomic_torch_save
+from s2_policy.policies.config import PolicyConfig
 from s2_policy.policies.diffusion_head import DiffusionHead
 from s2_policy.policies.mlp_head import MLPHead
 from s2_policy.policies.normalizer import LinearNormalizer
 
 CHECKPOINT_FORMAT = "s2_policy.policy/1"
-
-DEFAULT_POLICY_CONFIG: dict[str, Any] = {
-    "name": "mlp", "head": "mlp", "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
-    "normalizer_mode": "limits", "obs_proj_dim": 256, "token_proj_dim": 16,
-    "mlp": {"hidden_dim": 512, "n_layers": 3, "dropout": 0.0, "loss": "l2"},
-    "diffusion": {"down_dims": [64, 128, 256], "kernel_size": 5, "n_groups": 8, "step_embed_dim": 128,
-                  "num_train_timesteps": 100, "num_inference_steps": 10,
-                  "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon", "clip_sample": True},
-}
-
-
-def _merge(base: Mapping, over: Mapping) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
-
 
 def _to_plain(x: Any) -> Any:
     """OmegaConf containers / tuples -> plain dicts and lists (for torch.save and JSON)."""
@@ -59,34 +43,29 @@ class PolicyCore(nn.Module):
     ``forward(feats, state, action)`` returns the training loss so that DDP can wrap this module directly.
     """
 
-    def __init__(self, cfg: Mapping, feature_shape: tuple[int, ...], n_cameras: int, state_dim: int,
+    def __init__(self, cfg: PolicyConfig, feature_shape: tuple[int, ...], n_cameras: int, state_dim: int,
                  action_dim: int) -> None:
         super().__init__()
-        self.n_obs_steps = int(cfg["n_obs_steps"])
+        self.n_obs_steps = cfg.n_obs_steps
         self.feature_shape = tuple(int(v) for v in feature_shape)
         if len(self.feature_shape) not in (1, 2):
             raise ValueError(f"features must be pooled (F,) or tokens (N, C), got shape {self.feature_shape}")
         self.obs_norm = nn.LayerNorm(self.feature_shape[-1])
         if len(self.feature_shape) == 2:
-            tok = int(cfg.get("token_proj_dim") or 16)
+            tok = cfg.token_proj_dim
             self.token_proj: nn.Module = nn.Linear(self.feature_shape[-1], tok)
             per_cam = self.feature_shape[0] * tok
         else:
             self.token_proj = nn.Identity()
             per_cam = self.feature_shape[0]
-        proj = int(cfg.get("obs_proj_dim") or 0)
+        proj = cfg.obs_proj_dim
         self.obs_proj = nn.Linear(n_cameras * per_cam, proj) if proj > 0 else nn.Identity()
         step_dim = (proj if proj > 0 else n_cameras * per_cam) + state_dim
         cond_dim = self.n_obs_steps * step_dim
-        horizon = int(cfg["horizon"])
-        if cfg["head"] == "mlp":
-            self.head: nn.Module = MLPHead(cond_dim, action_dim, horizon, **dict(cfg["mlp"]))
-        elif cfg["head"] == "diffusion":
-            d = dict(cfg["diffusion"])
-            d["down_dims"] = tuple(d["down_dims"])
-            self.head = DiffusionHead(cond_dim, action_dim, horizon, **d)
+        if cfg.head == "mlp":
+            self.head: nn.Module = MLPHead(cond_dim, action_dim, cfg.horizon, cfg.mlp)
         else:
-            raise ValueError(f"policy head {cfg['head']!r} is unknown; use 'mlp' or 'diffusion'")
+            self.head = DiffusionHead(cond_dim, action_dim, cfg.horizon, cfg.diffusion)
 
     def condition(self, feats: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``feats (B, To, K, *feature_shape)`` + normalised ``state (B, To, D)`` -> ``(B, cond_dim)``."""
@@ -102,8 +81,7 @@ class Policy(nn.Module):
     """Behaviour-cloning policy over camera features and proprio state.
 
     Args:
-        config: policy config (``configs/policy/*.yaml``): ``head``, ``horizon``, ``n_obs_steps``,
-            ``n_action_steps``, ``normalizer_mode``, ``obs_proj_dim`` and the ``mlp`` / ``diffusion`` block.
+        config: a :class:`PolicyConfig` (or a mapping of its fields, e.g. ``configs/policy/*.yaml``).
         feature_dim: per-camera encoder feature size ``F`` (pooled) or ``(N, C)`` (``pooling="tokens"``).
         cameras: camera names, in the order the features are stacked.
         state_dim, action_dim: proprio and action sizes.
@@ -113,16 +91,12 @@ class Policy(nn.Module):
         meta: free JSON-able metadata saved with the checkpoint (task config, training info).
     """
 
-    def __init__(self, config: Mapping, feature_dim: int | tuple[int, int], cameras: list[str],
+    def __init__(self, config: PolicyConfig | Mapping, feature_dim: int | tuple[int, int], cameras: list[str],
                  state_dim: int, action_dim: int, normalizer: LinearNormalizer,
                  encoder: nn.Module | None = None, encoder_identity: Mapping | None = None,
                  meta: Mapping | None = None) -> None:
         super().__init__()
-        self.config = _merge(DEFAULT_POLICY_CONFIG, _to_plain(config))
-        c = self.config
-        if not 1 <= c["n_action_steps"] <= c["horizon"] - c["n_obs_steps"] + 1:
-            raise ValueError(f"need 1 <= n_action_steps <= horizon - n_obs_steps + 1, got n_action_steps="
-                             f"{c['n_action_steps']}, horizon={c['horizon']}, n_obs_steps={c['n_obs_steps']}")
+        self.config = PolicyConfig.from_dict(config)
         for key in ("state", "action"):
             if key not in normalizer:
                 raise ValueError(f"the normaliser must be fitted on {key!r} (has {normalizer.keys()})")
@@ -136,7 +110,7 @@ class Policy(nn.Module):
         self.normalizer = normalizer
         self.encoder_identity = _to_plain(encoder_identity) if encoder_identity is not None else None
         self.meta = _to_plain(meta or {})
-        self.core = PolicyCore(c, self.feature_shape, len(self.cameras), self.state_dim, self.action_dim)
+        self.core = PolicyCore(self.config, self.feature_shape, len(self.cameras), self.state_dim, self.action_dim)
         self.encoder: nn.Module | None = None
         if encoder is not None:
             self.attach_encoder(encoder)
@@ -144,15 +118,15 @@ class Policy(nn.Module):
     # -- properties ---------------------------------------------------------------------------------------
     @property
     def n_obs_steps(self) -> int:
-        return int(self.config["n_obs_steps"])
+        return self.config.n_obs_steps
 
     @property
     def n_action_steps(self) -> int:
-        return int(self.config["n_action_steps"])
+        return self.config.n_action_steps
 
     @property
     def horizon(self) -> int:
-        return int(self.config["horizon"])
+        return self.config.horizon
 
     @property
     def device(self) -> torch.device:
@@ -235,24 +209,11 @@ class Policy(nn.Module):
         """Observation history -> action chunk ``(B, n_action_steps, A)`` float32 in env units."""
         return self.predict_from_features(self.encode_obs(obs), obs["state"], generator=generator)
 
-    # -- training -----------------------------------------------------------------------------------------
-    def prepare_batch(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Dataset batch (features per camera ``(B, To, F)``, raw state/action) -> normalised core inputs."""
-        obs = batch["obs"]
-        feats = torch.stack([self._tensor(obs[c], torch.float32) for c in self.cameras], dim=2)
-        state = self.normalizer.normalize("state", self._tensor(obs["state"], torch.float32))
-        action = self.normalizer.normalize("action", self._tensor(batch["action"], torch.float32))
-        return feats[:, :self.n_obs_steps], state[:, :self.n_obs_steps], action
-
-    def compute_loss(self, batch: Mapping) -> torch.Tensor:
-        """Training loss on one dataset batch."""
-        return self.core(*self.prepare_batch(batch))
-
     # -- checkpoints --------------------------------------------------------------------------------------
     def checkpoint_dict(self) -> dict:
         """Self-contained, ``torch.save``-able description of this policy (no encoder weights)."""
         return {
-            "format": CHECKPOINT_FORMAT, "config": self.config,
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
             "dims": {"feature_dim": self.feature_dim, "cameras": self.cameras, "state_dim": self.state_dim,
                      "action_dim": self.action_dim},
             "normalizer": self.normalizer.state_dict(),

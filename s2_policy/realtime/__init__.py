@@ -1,6 +1,6 @@
 """Real-time camera inference: camera sources, S2 tile batcher, fixed-rate control loop, safety, telemetry.
 
-``python -m s2_policy.realtime checkpoint=PATH robot=sim`` runs a saved policy (docs/realtime.md)::
+``python -m s2_policy.jobs.realtime checkpoint=PATH robot=sim`` runs a saved policy (docs/realtime.md)::
 
     from s2_policy.realtime import ControlLoop, LoopConfig, SimRobot, TileBatcher
     from s2_policy.realtime.runner import load_policy, run_realtime

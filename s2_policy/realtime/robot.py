@@ -9,6 +9,8 @@ as live cameras would deliver them. The whole loop can therefore be run and test
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.spec import TaskSpec, make_env
 from s2_policy.realtime.cameras import SimCamera
 
 log = logging.getLogger(__name__)
@@ -124,22 +127,13 @@ class SimRobot(Robot):
         self.overruns = 0
 
     @classmethod
-    def from_env_id(cls, env_id: str, cameras: Sequence[str], control_hz: float | None = None,
-                    image_size: Any = None,
-                    env_kwargs: dict | None = None, seed: int = 0, n_episodes: int | None = None,
-                    max_episode_steps: int | None = None) -> SimRobot:
-        """A SimRobot over a registered gymnasium id (``import envs`` registers the project's tasks)."""
-        import gymnasium as gym
-
-        import envs  # noqa: F401  (registers the s2_policy/* ids)
-
-        kwargs = dict(env_kwargs or {})
-        kwargs["cameras"] = tuple(cameras)
-        if image_size is not None:
-            kwargs["image_size"] = image_size
+    def from_task(cls, task: TaskSpec, control_hz: float | None = None, seed: int = 0,
+                  n_episodes: int | None = None, max_episode_steps: int | None = None) -> SimRobot:
+        """A SimRobot over a task's env (:func:`envs.spec.make_env`), at the task's control rate by default."""
         if max_episode_steps is not None:
-            kwargs["max_episode_steps"] = max_episode_steps
-        return cls(lambda: gym.make(env_id, **kwargs), cameras, control_hz, seed=seed, n_episodes=n_episodes)
+            task = dataclasses.replace(task, env=dataclasses.replace(task.env, max_episode_steps=max_episode_steps))
+        return cls(functools.partial(make_env, task), task.camera_names, control_hz or task.env.control_hz,
+                   seed=seed, n_episodes=n_episodes)
 
     # -- Robot interface -------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> SimRobot:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.spec import TaskSpec
+from s2_policy.evaluation.seeds import eval_seeds
 from s2_policy.realtime.batcher import TileBatcher
 from s2_policy.realtime.cameras import CameraSource, make_camera
 from s2_policy.realtime.loop import ControlLoop, LoopConfig
@@ -43,12 +45,14 @@ def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | No
     return policy.eval()
 
 
-def _task(cfg: Mapping, policy: Any) -> Mapping:
+def _task(cfg: Mapping, policy: Any) -> TaskSpec:
     task = cfg.get("task") or policy.meta.get("task")
-    if not task or "env_id" not in task:
+    if not task:
         raise ValueError("robot=sim needs a task: pass task=<name> (configs/task/) or use a checkpoint whose "
                          "meta stores its task config")
-    return task
+    spec = TaskSpec.from_config(task)
+    spec.demos.path = str(Path(spec.demos.path).absolute())
+    return spec
 
 
 def build_robot(cfg: Mapping, policy: Any) -> tuple[Robot, dict[str, CameraSource]]:
@@ -59,14 +63,11 @@ def build_robot(cfg: Mapping, policy: Any) -> tuple[Robot, dict[str, CameraSourc
         if specs:
             raise ValueError("robot=sim renders its own cameras: leave cameras=[] (or use robot=dry_run)")
         task, sim = _task(cfg, policy), dict(cfg.get("sim") or {})
-        env_kwargs = dict(task.get("env_kwargs") or {})
-        image_size = sim.get("image_size") or env_kwargs.pop("image_size", None)
-        env_kwargs.pop("image_size", None)
-        robot = SimRobot.from_env_id(
-            task["env_id"], policy.cameras, control_hz=(cfg.get("loop") or {}).get("rate_hz"),
-            image_size=image_size, env_kwargs=env_kwargs, seed=int(sim.get("seed", 0)),
-            n_episodes=sim.get("n_episodes"),
-            max_episode_steps=sim.get("max_episode_steps") or task.get("max_episode_steps"))
+        n = sim.get("n_episodes")
+        # episodes run on consecutive seeds of the chosen role, never on demonstration seeds
+        first = eval_seeds(task, sim.get("seeds", "test"), int(n) if n else 100, task.demos.path)[0]
+        robot = SimRobot.from_task(task, control_hz=(cfg.get("loop") or {}).get("rate_hz"), seed=first,
+                                   n_episodes=n, max_episode_steps=sim.get("max_episode_steps"))
         return robot, dict(robot.cameras)
     if not specs:
         raise ValueError(f"robot={kind} needs live cameras, e.g. cameras=[front:opencv:0,wrist:opencv:2]")
@@ -141,7 +142,7 @@ def run_realtime(cfg: Mapping, out_dir: str | Path) -> dict[str, Any]:
              "encoder": {"backbone": policy.encoder.config.backbone, "img_sizes": policy.encoder.img_sizes,
                          "tiles_per_step": batcher.n_tiles, "dtype": str(policy.encoder.compute_dtype),
                          "device": str(policy.encoder.device)},
-             "policy": {"head": policy.config["head"], "n_obs_steps": policy.n_obs_steps,
+             "policy": {"head": policy.config.head, "n_obs_steps": policy.n_obs_steps,
                         "n_action_steps": policy.n_action_steps},
              "torch_threads": torch.get_num_threads()}
     paths = loop.telemetry.write(out_dir, extra)

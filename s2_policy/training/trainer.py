@@ -96,8 +96,18 @@ def tensorize_dataset(ds: Dataset, cameras: list[str], batch_size: int = 1024,
     return out
 
 
-def _batch(data: Mapping[str, torch.Tensor], idx: torch.Tensor, cameras: list[str]) -> dict:
-    return {"obs": {k: data[k][idx] for k in (*cameras, "state")}, "action": data["action"][idx]}
+def prepare_batch(policy: Policy, data: Mapping[str, torch.Tensor], idx: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of the in-memory windows -> the core's normalised inputs (features, state, action).
+
+    Features are stacked per camera ``(B, To, K, *feature_shape)``; state and action are normalised with the
+    policy's fitted normaliser.
+    """
+    dev, norm, to = policy.device, policy.normalizer, policy.n_obs_steps
+    feats = torch.stack([data[c][idx].to(dev, torch.float32) for c in policy.cameras], dim=2)
+    state = norm.normalize("state", data["state"][idx].to(dev, torch.float32))
+    action = norm.normalize("action", data["action"][idx].to(dev, torch.float32))
+    return feats[:, :to], state[:, :to], action
 
 
 def _rng_state() -> dict:
@@ -161,7 +171,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
                                           num_training_steps=cfg.steps)
-        use_ema = cfg.ema if cfg.ema is not None else policy.config["head"] == "diffusion"
+        use_ema = cfg.ema if cfg.ema is not None else policy.config.head == "diffusion"
         self.ema = EMAModel(params, decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power) \
             if use_ema else None
         self.step = 0
@@ -239,7 +249,7 @@ class Trainer:
             self.core.eval()
             for b in range(min(self.cfg.val_batches, math.ceil(n / self.batch_size))):
                 idx = torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, n))
-                losses.append(self.policy.compute_loss(_batch(self.val, idx, self.policy.cameras)).item())
+                losses.append(self.core(*prepare_batch(self.policy, self.val, idx)).item())
             self.core.train()
         return float(np.mean(losses))
 
@@ -274,8 +284,7 @@ class Trainer:
         loss_acc: list[float] = []
         try:
             while self.step < cfg.steps:
-                batch = _batch(self.train, self._indices(self.step), self.policy.cameras)
-                loss = self.model(*self.policy.prepare_batch(batch))
+                loss = self.model(*prepare_batch(self.policy, self.train, self._indices(self.step)))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:

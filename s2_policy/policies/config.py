@@ -1,0 +1,125 @@
+"""Typed policy configuration: one dataclass per head and one for the policy, with the only set of defaults.
+
+``configs/policy/*.yaml`` list ``schema`` (this dataclass, registered with hydra) in their defaults, so a wrong
+key or type fails when hydra composes the config; :meth:`PolicyConfig.from_dict` does the same checks for
+mappings from code and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+HEADS = ("mlp", "diffusion")
+NORMALIZER_MODES = ("limits", "gaussian")
+
+
+@dataclass
+class MLPHeadConfig:
+    """MLP head: ``n_layers`` hidden layers of ``hidden_dim`` (GELU), ``loss`` ``l2`` | ``l1``."""
+
+    hidden_dim: int = 512
+    n_layers: int = 3
+    dropout: float = 0.0
+    loss: str = "l2"
+
+
+@dataclass
+class DiffusionHeadConfig:
+    """Diffusion head: FiLM-conditioned 1-D U-Net; DDPM training (``num_train_timesteps`` noise levels),
+    DDIM sampling with ``num_inference_steps``. ``down_dims`` is small for CPU training (Diffusion Policy uses
+    [256, 512, 1024] on a GPU)."""
+
+    down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+    num_train_timesteps: int = 100
+    num_inference_steps: int = 10
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+
+
+@dataclass
+class PolicyConfig:
+    """Behaviour-cloning policy over S2 features and proprio state.
+
+    Args:
+        head: ``mlp`` or ``diffusion``.
+        horizon: predicted action chunk length (starts at the first observation step).
+        n_obs_steps: observation history (features of all cameras + state per step).
+        n_action_steps: actions executed per policy call (``1 <= n_action_steps <= horizon - n_obs_steps + 1``).
+        normalizer_mode: ``limits`` ([-1, 1]) or ``gaussian``.
+        obs_proj_dim: linear projection of the concatenated camera features (0: none).
+        token_proj_dim: per-token projection of token features (``encoder.pooling=tokens``).
+        mlp, diffusion: the heads' settings (only the chosen head's block is used).
+    """
+
+    head: str = "mlp"
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    normalizer_mode: str = "limits"
+    obs_proj_dim: int = 256
+    token_proj_dim: int = 16
+    mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
+    diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"policy.head={self.head!r} is unknown; use one of {HEADS}")
+        if self.normalizer_mode not in NORMALIZER_MODES:
+            raise ValueError(f"policy.normalizer_mode={self.normalizer_mode!r} is not one of {NORMALIZER_MODES}")
+        if min(self.horizon, self.n_obs_steps) < 1:
+            raise ValueError(f"policy.horizon and policy.n_obs_steps must be >= 1, got {self.horizon}, "
+                             f"{self.n_obs_steps}")
+        if not 1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1:
+            raise ValueError(f"need 1 <= n_action_steps <= horizon - n_obs_steps + 1, got n_action_steps="
+                             f"{self.n_action_steps}, horizon={self.horizon}, n_obs_steps={self.n_obs_steps}")
+        if self.obs_proj_dim < 0 or self.token_proj_dim < 1:
+            raise ValueError(f"policy.obs_proj_dim must be >= 0 and token_proj_dim >= 1, got "
+                             f"{self.obs_proj_dim}, {self.token_proj_dim}")
+        if self.mlp.loss not in ("l2", "l1"):
+            raise ValueError(f"policy.mlp.loss={self.mlp.loss!r} is unknown; use 'l2' or 'l1'")
+        d = self.diffusion
+        if d.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"policy.diffusion.prediction_type={d.prediction_type!r}; use 'epsilon' or 'sample'")
+        if not 1 <= d.num_inference_steps <= d.num_train_timesteps:
+            raise ValueError(f"policy.diffusion.num_inference_steps must be in [1, num_train_timesteps="
+                             f"{d.num_train_timesteps}], got {d.num_inference_steps}")
+        if self.head == "diffusion" and self.horizon % (2 ** (len(d.down_dims) - 1)):
+            raise ValueError(f"policy.horizon={self.horizon} must be divisible by {2 ** (len(d.down_dims) - 1)} "
+                             f"for diffusion.down_dims={list(d.down_dims)}; change horizon or use fewer down_dims")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (saved in checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: PolicyConfig | Mapping[str, Any]) -> PolicyConfig:
+        """From a mapping (hydra node, checkpoint JSON); unknown keys and wrong types raise ValueError."""
+        if isinstance(data, PolicyConfig):
+            return data
+        if isinstance(data, DictConfig):
+            data = OmegaConf.to_container(data, resolve=True)  # type: ignore[assignment]
+        plain = {k: v for k, v in dict(data).items() if k != "name"}  # 'name' labelled pre-typed configs
+        try:
+            obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), plain))
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None)
+            raise ValueError(f"policy config: {f'{key}: ' * bool(key)}{str(e).strip().splitlines()[0]}; valid "
+                             "keys are the fields of s2_policy.policies.config.PolicyConfig") from None
+        assert isinstance(obj, PolicyConfig)  # to_object of a PolicyConfig node; for the type checker
+        return obj
+
+
+def register_schema() -> None:
+    """Register :class:`PolicyConfig` as the hydra schema ``policy/schema``."""
+    ConfigStore.instance().store(group="policy", name="schema", node=PolicyConfig)
