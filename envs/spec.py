@@ -168,7 +168,8 @@ class TaskSpec:
         if not self.name or self.name == "???":
             raise ValueError("a task needs a name (task.name)")
         if not self.cameras:
-            raise bad("cameras", "is empty; name at least one camera, e.g. cameras: {front: {size: [128, 128]}}")
+            raise bad("cameras", "is empty; name at least one camera, e.g. cameras: "
+                                 "{front: {size: [128, 128]}}")
         for cam, c in self.cameras.items():
             if c.flip not in FLIPS:
                 raise bad(f"cameras.{cam}.flip", f"={c.flip!r} is not one of {FLIPS}")
@@ -185,7 +186,8 @@ class TaskSpec:
             raise bad("demos.n_episodes", f"must be >= 1 or null, got {d.n_episodes}")
         if d.source == "expert":
             if self.env is None:
-                raise bad("demos.source", "is 'expert' but the task has no env (env: null): use source: store")
+                raise bad("demos.source", "is 'expert' but the task has no env (env: null): use "
+                          "source: store")
             if d.n_episodes is None:
                 raise bad("demos.n_episodes", "is needed with source: expert (how many demos to collect)")
             if ":" not in d.expert:
@@ -233,7 +235,8 @@ class TaskSpec:
         if isinstance(cfg, TaskSpec):
             return cfg
         if not isinstance(cfg, Mapping | DictConfig):
-            raise ValueError(f"a task config must be a mapping (configs/task/*.yaml), got {type(cfg).__name__}")
+            raise ValueError("a task config must be a mapping (configs/task/*.yaml), got "
+                             f"{type(cfg).__name__}")
         try:
             node = OmegaConf.merge(OmegaConf.structured(cls), cfg)
             spec = OmegaConf.to_object(node)
@@ -256,7 +259,8 @@ def _import_path(path: str) -> Callable[..., Any]:
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import {path!r} ({e}); give 'module:function' of an importable module") from e
+        raise ValueError(f"cannot import {path!r} ({e}); give 'module:function' of an importable "
+                         "module") from e
 
 
 class TaskObservation(gym.Wrapper):
@@ -296,12 +300,14 @@ class TaskObservation(gym.Wrapper):
         if not keys:
             if not isinstance(inner, spaces.Box):
                 raise ValueError(f"task {self.task.name!r}: env.state_keys is empty, which needs a Box "
-                                 f"observation, but the env observes a {type(inner).__name__}; list the state "
+                                 f"observation, but the env observes a {type(inner).__name__}; list the "
+                                 "state "
                                  "keys (env.state_keys)")
             return int(np.prod(inner.shape))
         if not isinstance(inner, spaces.Dict) or any(k not in inner.spaces for k in keys):
             have = sorted(inner.spaces) if isinstance(inner, spaces.Dict) else f"a {type(inner).__name__}"
-            raise ValueError(f"task {self.task.name!r}: env.state_keys {keys} are not all observation keys of "
+            raise ValueError(f"task {self.task.name!r}: env.state_keys {keys} are not all observation "
+                             "keys of "
                              f"{self.task.env.id} (it observes {have}); fix env.state_keys ([] for a Box "
                              "observation)")
         return int(sum(np.prod(inner.spaces[k].shape) for k in keys))
@@ -363,10 +369,12 @@ def make_env(spec: TaskSpec | Mapping[str, Any], **overrides: Any) -> TaskObserv
     try:
         env = gym.make(e.id, **kwargs)
     except gym.error.NameNotFound as err:
-        raise ValueError(f"task {spec.name!r}: gymnasium id {e.id!r} is not registered ({err}); list the module "
+        raise ValueError(f"task {spec.name!r}: gymnasium id {e.id!r} is not registered ({err}); list the "
+                         "module "
                          "that registers it in env.import_modules") from None
     except TypeError as err:
-        raise ValueError(f"task {spec.name!r}: gym.make({e.id!r}, **{sorted(kwargs)}) failed: {err}; env.kwargs "
+        raise ValueError(f"task {spec.name!r}: gym.make({e.id!r}, **{sorted(kwargs)}) failed: {err}; "
+                         "env.kwargs "
                          "must hold only arguments the env accepts") from None
     return TaskObservation(env, spec)
 

@@ -145,7 +145,8 @@ def _episodes(
 @contextlib.contextmanager
 def _standard_start_method() -> Iterator[None]:
     """Inside a joblib/loky worker (hydra's joblib launcher) the global start method is 'loky', which spawned
-    children cannot find ('cannot find context for loky'); children get a standard one while the pool starts."""
+    children cannot find ('cannot find context for loky'); children get a standard one while the pool
+    starts."""
     current = mp.get_start_method(allow_none=True)
     if current in (None, "spawn", "fork", "forkserver"):
         yield
@@ -227,7 +228,8 @@ def collect_demos(
         raise ValueError(f"n_episodes must be >= 0, got {n_episodes}")
     spec = TaskSpec.from_config(task)
     if spec.demos.source != "expert":
-        raise ValueError(f"task {spec.name!r} reads its demos from a store (demos.source: store); there is no "
+        raise ValueError(f"task {spec.name!r} reads its demos from a store (demos.source: store); there "
+                         "is no "
                          "expert to collect with")
     path = Path(out_path)
     if path.exists() and _already_full(spec, path, n_episodes):

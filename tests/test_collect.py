@@ -61,7 +61,8 @@ def test_failed_episodes_are_reported_not_stored(tmp_path):
     out = tmp_path / "fail.zarr"
     with pytest.raises(RuntimeError, match="expert is failing"):
         collect_demos(
-            _cfg(**{"env.max_episode_steps": 3}), out, n_episodes=2, n_workers=0, max_attempts=3, progress=False
+            _cfg(**{"env.max_episode_steps": 3}), out, n_episodes=2, n_workers=0, max_attempts=3,
+            progress=False
         )
     store = ReplayStore.open(out)
     assert store.n_episodes == 0 and store.attrs["failed_seeds"] == [0, 1, 2]

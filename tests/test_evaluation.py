@@ -21,7 +21,8 @@ def _toy_task(obs_key="cam"):
     """A plain gymnasium env (none of the project's kwargs; its own observation keys) as a task."""
     return TaskSpec(name="toy", env=EnvConfig(id="ToyWalk-v0", import_modules=["test_evaluation_toyenv"],
                                               max_episode_steps=6, state_keys=["pos"]),
-                    cameras={"front": CameraSpec(obs_key=obs_key)}, demos=DemoSpec(source="store", path="unused"))
+                    cameras={"front": CameraSpec(obs_key=obs_key)},
+                    demos=DemoSpec(source="store", path="unused"))
 
 
 class PushRight:
@@ -63,7 +64,8 @@ def test_significance_tests():
 @pytest.mark.parametrize("n_envs", [1, 2])
 def test_rollouts_on_toy_env_seeds_chunks_and_key_mapping(tmp_path, n_envs):
     pol = PushRight()
-    res = run_rollouts(pol, _toy_task(), [0, 1, 3], n_envs=n_envs, video_dir=tmp_path, n_videos=1, progress=False)
+    res = run_rollouts(pol, _toy_task(), [0, 1, 3], n_envs=n_envs, video_dir=tmp_path, n_videos=1,
+                       progress=False)
     assert [e["seed"] for e in res["episodes"]] == [0, 1, 3]
     assert [e["success"] for e in res["episodes"]] == [True, True, False]
     assert [e["length"] for e in res["episodes"]] == [2, 4, 6]

@@ -1,5 +1,5 @@
-"""The main job on a user's own store and env: third-party zarr (diffusion_policy layout, none of the project's
-attributes), a plain gymnasium env registered by entry point, a task YAML outside the repository."""
+"""The main job on a user's own store and env: third-party zarr (diffusion_policy layout, none of the
+project's attributes), a plain gymnasium env registered by entry point, a task YAML outside the repository."""
 
 from __future__ import annotations
 

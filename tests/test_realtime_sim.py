@@ -96,7 +96,8 @@ def test_realtime_config_errors(checkpoint, tmp_path):
 
 
 def test_realtime_sim_refuses_demonstration_seeds(checkpoint, demo_store, tmp_path):
-    """The simulated episodes run on test seeds; a store recording one of them as a demo seed stops the run."""
+    """The simulated episodes run on test seeds; a store recording one of them as a demo seed stops the
+    run."""
     ReplayStore.create(demo_store, attrs={"episode_seeds": [100_001], "failed_seeds": []})
     try:
         cfg = {"checkpoint": str(checkpoint), "threads": 1, "robot": "sim", "sim": {"n_episodes": 3}}

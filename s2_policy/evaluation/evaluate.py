@@ -21,7 +21,8 @@ from s2_policy.evaluation.seeds import eval_seeds
 def evaluate_policy(policy: Any, task: TaskSpec, n_episodes: int = 50, n_envs: int = 1, role: str = "test",
                     video_dir: str | Path | None = None, n_videos: int = 2,
                     progress: bool = True) -> dict[str, Any]:
-    """Roll ``policy`` out on the first ``n_episodes`` ``role`` seeds of ``task`` (never demonstration seeds)."""
+    """Roll ``policy`` out on the first ``n_episodes`` ``role`` seeds of ``task`` (never demonstration
+    seeds)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     seeds = eval_seeds(task, role, n_episodes, task.demos.path)

@@ -48,7 +48,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
     n_envs = max(1, min(int(n_envs), len(seeds)))
     missing = [c for c in policy.cameras if c not in task.cameras]
     if missing:
-        raise ValueError(f"the policy sees cameras {policy.cameras} but task {task.name!r} has {task.camera_names}"
+        raise ValueError(f"the policy sees cameras {policy.cameras} but task {task.name!r} has "
+                         f"{task.camera_names}"
                          f" (missing {missing}); evaluate on the task it was trained on")
     keys = {k: k for k in (*policy.cameras, "state")}
     to = policy.n_obs_steps
@@ -107,7 +108,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
                     ep = slot_ep[i]
                     if ep in frames and video_dir is not None:
                         name = f"episode_{ep:03d}_seed{seeds[ep]}.mp4"
-                        videos.append(str(write_mp4(frames.pop(ep), Path(video_dir) / name, fps=task.env.control_hz)))
+                        path = write_mp4(frames.pop(ep), Path(video_dir) / name, fps=task.env.control_hz)
+                        videos.append(str(path))
                     done_slots.append(i)
             if done_slots:
                 restart = [i for i in done_slots if next_ep < len(seeds)]
@@ -135,7 +137,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
     results.sort(key=lambda r: seeds.index(r["seed"]))
     k, n = sum(r["success"] for r in results), len(results)
     ci = wilson_interval(k, n)
-    return {"env_id": task.env.id, "task": task.name, "n_episodes": n, "successes": k, "success_rate": k / n, "ci95": list(ci),
+    return {"env_id": task.env.id, "task": task.name, "n_episodes": n, "successes": k,
+            "success_rate": k / n, "ci95": list(ci),
             "mean_episode_length": float(np.mean([r["length"] for r in results])),
             "episodes": results, "videos": videos, "seconds": time.perf_counter() - t0,
             "policy_seconds": policy_s, "policy_calls": policy_calls, "n_envs": n_envs}

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def recorded_demo_seeds(store_path: str | Path) -> set[int] | None:
-    """Env seeds the store records as demonstration candidates (kept and failed); ``None`` if it records none."""
+    """Env seeds the store records as demonstration candidates (kept and failed); ``None`` if it records
+    none."""
     path = Path(store_path)
     if not path.exists():
         return None
@@ -28,7 +29,8 @@ def recorded_demo_seeds(store_path: str | Path) -> set[int] | None:
 
 
 def check_eval_seeds(task: TaskSpec, seeds: Sequence[int], store_path: str | Path | None = None) -> None:
-    """Refuse evaluation seeds that are demonstration seeds (recorded in the store or in the plan's demo range)."""
+    """Refuse evaluation seeds that are demonstration seeds (recorded in the store or in the plan's demo
+    range)."""
     demo_range = task.seeds.ranges()["demo"]
     in_plan = sorted(s for s in seeds if s in demo_range)
     recorded = recorded_demo_seeds(store_path) if store_path is not None else None
@@ -37,11 +39,14 @@ def check_eval_seeds(task: TaskSpec, seeds: Sequence[int], store_path: str | Pat
     if bad:
         where = f"recorded as demonstration seeds in {store_path}" if in_store else \
             f"in the task's demonstration seed range {demo_range}"
-        raise ValueError(f"evaluation seeds {bad[:5]}{' ...' if len(bad) > 5 else ''} are {where}; evaluate on "
-                         f"the task's test seeds (task.seeds.test={task.seeds.test}) or selection seeds, which "
+        raise ValueError(f"evaluation seeds {bad[:5]}{' ...' if len(bad) > 5 else ''} are {where}; "
+                         "evaluate on "
+                         f"the task's test seeds (task.seeds.test={task.seeds.test}) or selection seeds, "
+                         "which "
                          "are disjoint from the demonstrations")
     if store_path is not None and recorded is None and Path(store_path).exists():
-        log.info("%s records no demonstration seeds (not collected by s2_policy.collect); evaluation seeds are "
+        log.info("%s records no demonstration seeds (not collected by s2_policy.collect); evaluation "
+                 "seeds are "
                  "checked against the seed plan only", store_path)
 
 

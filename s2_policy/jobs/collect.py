@@ -1,7 +1,7 @@
 """``python -m s2_policy.jobs.collect task=pick_cube``: scripted-expert demonstrations into the task's store.
 
-Runs the task's expert (``task.demos.expert``) on the demo seeds of its seed plan in spawned workers and appends
-successful episodes (resumable: re-running adds only the missing ones). See :mod:`s2_policy.collect`.
+Runs the task's expert (``task.demos.expert``) on the demo seeds of its seed plan in spawned workers and
+appends successful episodes (resumable: re-running adds only the missing ones). See :mod:`s2_policy.collect`.
 """
 
 from __future__ import annotations

@@ -50,12 +50,14 @@ def check_demo_store(task: TaskSpec) -> ReplayStore:
     keys = [task.store_key(c) for c in task.camera_names] + [task.demos.state_key, task.demos.action_key]
     missing = [k for k in keys if k not in store]
     if missing:
-        raise ValueError(f"task {task.name!r}: store {path} has no data/{missing[0]} (it has {store.keys()}); "
+        raise ValueError(f"task {task.name!r}: store {path} has no data/{missing[0]} (it has "
+                         f"{store.keys()}); "
                          "map the task to its keys with cameras.<name>.store_key, demos.state_key and "
                          "demos.action_key")
     want = task.demos.n_episodes
     if want is not None and store.n_episodes < want:
-        raise ValueError(f"task {task.name!r}: store {path} holds {store.n_episodes} episodes, demos.n_episodes "
+        raise ValueError(f"task {task.name!r}: store {path} holds {store.n_episodes} episodes, "
+                         "demos.n_episodes "
                          f"asks for {want}; lower it (or null for all)")
     return store
 
@@ -127,7 +129,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ds = SequenceDataset(store_path, cameras={c: task.store_key(c) for c in task.camera_names},
                          state_key=task.demos.state_key, action_key=task.demos.action_key,
                          horizon=policy_cfg.horizon, n_obs_steps=policy_cfg.n_obs_steps,
-                         n_action_steps=policy_cfg.n_action_steps, split="train", val_ratio=cfg.data.val_ratio,
+                         n_action_steps=policy_cfg.n_action_steps, split="train",
+                         val_ratio=cfg.data.val_ratio,
                          seed=cfg.data.split_seed, max_train_episodes=cfg.data.max_train_episodes,
                          features=cache, n_episodes=task.demos.n_episodes)
     val = ds.get_validation_dataset()
@@ -138,8 +141,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     meta = {"task": task.to_dict(), "label": label, "seed": int(cfg.seed), "store": str(store_path),
             "n_train_episodes": len(ds.episodes)}
     feat_shape = tuple(cache.get(store_keys[0]).shape[1:])   # (F,) pooled or (N, C) tokens
-    policy = Policy(policy_cfg, feat_shape, task.camera_names, low["state"].shape[-1], low["action"].shape[-1],
-                    norm, encoder=encoder, encoder_identity=encoder.identity(), meta=meta)
+    policy = Policy(policy_cfg, feat_shape, task.camera_names, low["state"].shape[-1],
+                    low["action"].shape[-1], norm, encoder=encoder, encoder_identity=encoder.identity(),
+                    meta=meta)
 
     def rollout_fn(pol: Policy, step: int) -> dict:
         res = evaluate_policy(pol, task, ev.periodic_episodes, ev.n_envs, role="selection", n_videos=0,

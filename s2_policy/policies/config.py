@@ -1,8 +1,8 @@
 """Typed policy configuration: one dataclass per head and one for the policy, with the only set of defaults.
 
-``configs/policy/*.yaml`` list ``schema`` (this dataclass, registered with hydra) in their defaults, so a wrong
-key or type fails when hydra composes the config; :meth:`PolicyConfig.from_dict` does the same checks for
-mappings from code and checkpoints.
+``configs/policy/*.yaml`` list ``schema`` (this dataclass, registered with hydra) in their defaults, so a
+wrong key or type fails when hydra composes the config; :meth:`PolicyConfig.from_dict` does the same checks
+for mappings from code and checkpoints.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class PolicyConfig:
         head: ``mlp`` or ``diffusion``.
         horizon: predicted action chunk length (starts at the first observation step).
         n_obs_steps: observation history (features of all cameras + state per step).
-        n_action_steps: actions executed per policy call (``1 <= n_action_steps <= horizon - n_obs_steps + 1``).
+        n_action_steps: actions executed per policy call
+            (``1 <= n_action_steps <= horizon - n_obs_steps + 1``).
         normalizer_mode: ``limits`` ([-1, 1]) or ``gaussian``.
         obs_proj_dim: linear projection of the concatenated camera features (0: none).
         token_proj_dim: per-token projection of token features (``encoder.pooling=tokens``).
@@ -76,7 +77,8 @@ class PolicyConfig:
         if self.head not in HEADS:
             raise ValueError(f"policy.head={self.head!r} is unknown; use one of {HEADS}")
         if self.normalizer_mode not in NORMALIZER_MODES:
-            raise ValueError(f"policy.normalizer_mode={self.normalizer_mode!r} is not one of {NORMALIZER_MODES}")
+            raise ValueError(f"policy.normalizer_mode={self.normalizer_mode!r} is not one of "
+                             f"{NORMALIZER_MODES}")
         if min(self.horizon, self.n_obs_steps) < 1:
             raise ValueError(f"policy.horizon and policy.n_obs_steps must be >= 1, got {self.horizon}, "
                              f"{self.n_obs_steps}")
@@ -90,13 +92,16 @@ class PolicyConfig:
             raise ValueError(f"policy.mlp.loss={self.mlp.loss!r} is unknown; use 'l2' or 'l1'")
         d = self.diffusion
         if d.prediction_type not in ("epsilon", "sample"):
-            raise ValueError(f"policy.diffusion.prediction_type={d.prediction_type!r}; use 'epsilon' or 'sample'")
+            raise ValueError(f"policy.diffusion.prediction_type={d.prediction_type!r}; use 'epsilon' or "
+                             "'sample'")
         if not 1 <= d.num_inference_steps <= d.num_train_timesteps:
             raise ValueError(f"policy.diffusion.num_inference_steps must be in [1, num_train_timesteps="
                              f"{d.num_train_timesteps}], got {d.num_inference_steps}")
         if self.head == "diffusion" and self.horizon % (2 ** (len(d.down_dims) - 1)):
-            raise ValueError(f"policy.horizon={self.horizon} must be divisible by {2 ** (len(d.down_dims) - 1)} "
-                             f"for diffusion.down_dims={list(d.down_dims)}; change horizon or use fewer down_dims")
+            raise ValueError(f"policy.horizon={self.horizon} must be divisible by "
+                             f"{2 ** (len(d.down_dims) - 1)} "
+                             f"for diffusion.down_dims={list(d.down_dims)}; change horizon or use fewer "
+                             "down_dims")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (saved in checkpoints)."""
@@ -114,7 +119,8 @@ class PolicyConfig:
             obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), plain))
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None)
-            raise ValueError(f"policy config: {f'{key}: ' * bool(key)}{str(e).strip().splitlines()[0]}; valid "
+            raise ValueError(f"policy config: {f'{key}: ' * bool(key)}{str(e).strip().splitlines()[0]}; "
+                             "valid "
                              "keys are the fields of s2_policy.policies.config.PolicyConfig") from None
         assert isinstance(obj, PolicyConfig)  # to_object of a PolicyConfig node; for the type checker
         return obj

@@ -24,7 +24,8 @@ class DiffusionHead(nn.Module):
         cfg = cfg or DiffusionHeadConfig()
         down_dims = tuple(cfg.down_dims)
         if cfg.prediction_type not in ("epsilon", "sample"):
-            raise ValueError(f"prediction_type {cfg.prediction_type!r} is unsupported; use 'epsilon' or 'sample'")
+            raise ValueError(f"prediction_type {cfg.prediction_type!r} is unsupported; use 'epsilon' or "
+                             "'sample'")
         if not 1 <= cfg.num_inference_steps <= cfg.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be in [1, num_train_timesteps="
                              f"{cfg.num_train_timesteps}], got {cfg.num_inference_steps}")

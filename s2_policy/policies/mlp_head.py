@@ -15,7 +15,8 @@ class MLPHead(nn.Module):
     ``loss`` is ``"l2"`` (MSE) or ``"l1"``; deterministic at inference.
     """
 
-    def __init__(self, cond_dim: int, action_dim: int, horizon: int, cfg: MLPHeadConfig | None = None) -> None:
+    def __init__(self, cond_dim: int, action_dim: int, horizon: int,
+                 cfg: MLPHeadConfig | None = None) -> None:
         super().__init__()
         cfg = cfg or MLPHeadConfig()
         hidden_dim, n_layers, dropout, loss = cfg.hidden_dim, cfg.n_layers, cfg.dropout, cfg.loss

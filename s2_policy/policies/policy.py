@@ -110,7 +110,8 @@ class Policy(nn.Module):
         self.normalizer = normalizer
         self.encoder_identity = _to_plain(encoder_identity) if encoder_identity is not None else None
         self.meta = _to_plain(meta or {})
-        self.core = PolicyCore(self.config, self.feature_shape, len(self.cameras), self.state_dim, self.action_dim)
+        self.core = PolicyCore(self.config, self.feature_shape, len(self.cameras), self.state_dim,
+                               self.action_dim)
         self.encoder: nn.Module | None = None
         if encoder is not None:
             self.attach_encoder(encoder)

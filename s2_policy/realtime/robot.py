@@ -129,9 +129,11 @@ class SimRobot(Robot):
     @classmethod
     def from_task(cls, task: TaskSpec, control_hz: float | None = None, seed: int = 0,
                   n_episodes: int | None = None, max_episode_steps: int | None = None) -> SimRobot:
-        """A SimRobot over a task's env (:func:`envs.spec.make_env`), at the task's control rate by default."""
+        """A SimRobot over a task's env (:func:`envs.spec.make_env`), at the task's control rate unless
+        ``control_hz`` is given."""
         if max_episode_steps is not None:
-            task = dataclasses.replace(task, env=dataclasses.replace(task.env, max_episode_steps=max_episode_steps))
+            env = dataclasses.replace(task.env, max_episode_steps=max_episode_steps)
+            task = dataclasses.replace(task, env=env)
         return cls(functools.partial(make_env, task), task.camera_names, control_hz or task.env.control_hz,
                    seed=seed, n_episodes=n_episodes)
 
