@@ -69,7 +69,7 @@ def main(cfg: DictConfig) -> dict:
         raise ValueError("give the policy to evaluate: checkpoint=path/to/policy.pt")
     configure_cpu(cfg.num_threads)
     ckpt = Path(hydra.utils.to_absolute_path(str(cfg.checkpoint)))
-    policy = Policy.load(ckpt, device=cfg.device)
+    policy = Policy.load(ckpt, device=cfg.device, trust_pickle=bool(cfg.get("trust_pickle", False)))
     task = OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else policy.meta.get("task")
     if not task:
         raise ValueError(f"{ckpt} stores no task config; pass task=<configs/task name>")
