@@ -59,7 +59,7 @@ def _encode(x: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         return [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(x)]
     if x is None or isinstance(x, bool | int | float | str):
         return x
-    raise TypeError(f"{path}: cannot save a {type(x).__name__} in a checkpoint (tensors, arrays, JSON values)")
+    raise TypeError(f"{path}: cannot save a {type(x).__name__} in a checkpoint (tensors, arrays, JSON only)")
 
 
 def _decode(x: Any, tensors: Any) -> Any:
@@ -80,7 +80,7 @@ def _decode(x: Any, tensors: Any) -> Any:
 
 
 def save_tree(tree: Mapping[str, Any], path: str | os.PathLike, fmt: str) -> Path:
-    """Write ``tree`` to ``path`` as one safetensors file (atomically); ``fmt`` goes in ``metadata["format"]``.
+    """Write ``tree`` to ``path`` as one safetensors file (atomically); ``fmt`` is ``metadata["format"]``.
 
     Each top-level key becomes a metadata entry holding JSON; its tensors are stored as ``key/sub/path``.
     """
@@ -106,7 +106,7 @@ def _check_header(path: Path, what: str) -> None:
     """Raise CheckpointError naming ``path`` if it is not a complete safetensors file."""
     size = path.stat().st_size
     if size < 8:
-        raise CheckpointError(f"{what} {path} is {size} bytes long: empty or truncated (an interrupted copy?)")
+        raise CheckpointError(f"{what} {path} is {size} bytes long: empty or truncated (interrupted copy?)")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > _HEADER_LIMIT:
@@ -161,7 +161,8 @@ def load_tree(path: str | os.PathLike, fmt: str | tuple[str, ...], what: str = "
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:
-            raise CheckpointError(f"{what} {path} is damaged or truncated ({type(err).__name__}: {err})") from err
+            why = f"{type(err).__name__}: {err}"
+            raise CheckpointError(f"{what} {path} is damaged or truncated ({why})") from err
         if not isinstance(obj, Mapping):
             raise CheckpointError(f"{path} is not a {what} (it unpickles to a {type(obj).__name__})")
         return dict(obj)

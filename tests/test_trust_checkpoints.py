@@ -53,7 +53,7 @@ def _obs() -> dict:
 
 
 def test_the_sentinel_works(tmp_path):
-    """The malicious file really runs code when unpickled without protection (so the refusals mean something)."""
+    """The malicious file really runs code when unpickled unprotected (so the refusals mean something)."""
     sentinel = tmp_path / "pwned"
     torch.load(_evil(tmp_path / "evil.pt", sentinel), weights_only=False)
     assert sentinel.exists()
@@ -77,8 +77,10 @@ def test_safe_checkpoint_is_inspectable_without_the_project(tmp_path):
     assert meta["format"] == "s2_policy.policy/2"
     assert json.loads(meta["config"])["horizon"] == 4 and json.loads(meta["dims"])["cameras"] == CAMS
     assert json.loads(meta["meta"]) == {"label": "x"}
-    assert {"normalizer/params/state/scale", "normalizer/params/action/offset", "state_dict/obs_norm.weight"} <= keys
-    assert json.loads(meta["normalizer"])["params"]["state"]["scale"] == {"__tensor__": "normalizer/params/state/scale"}
+    want = {"normalizer/params/state/scale", "normalizer/params/action/offset", "state_dict/obs_norm.weight"}
+    assert want <= keys
+    scale = json.loads(meta["normalizer"])["params"]["state"]["scale"]
+    assert scale == {"__tensor__": "normalizer/params/state/scale"}
     torch.testing.assert_close(w, p.core.obs_proj.weight.detach(), rtol=0, atol=0)
 
 

@@ -94,8 +94,8 @@ def train_mae(
 
     Returns the loss log (one row per ``log_every`` steps, averaged over them), also written to
     ``out_dir/loss.csv``. The training state (model, optimiser, scheduler, sampler and masking RNGs) is saved
-    to ``out_dir/train_state.pt`` every ``ckpt_every`` steps and at the end. A state file of the earlier pickled
-    format is resumed from only with ``trust_pickle=True`` (unpickling can run code).
+    to ``out_dir/train_state.pt`` every ``ckpt_every`` steps and at the end. A state file of the earlier
+    pickled format is resumed from only with ``trust_pickle=True`` (unpickling can run code).
     """
     if steps < 1 or ckpt_every < 1 or log_every < 1:
         raise ValueError("steps, ckpt_every and log_every must be >= 1")
@@ -117,8 +117,13 @@ def train_mae(
     step, elapsed = 0, 0.0
     state_path = out / STATE_FILE
     if state_path.exists():
-        state = load_tree(state_path, STATE_FORMAT, what="pre-training resume state", trust_pickle=trust_pickle,
-                          opt_in="+train.trust_pickle=true (train_mae(trust_pickle=True))")
+        state = load_tree(
+            state_path,
+            STATE_FORMAT,
+            what="pre-training resume state",
+            trust_pickle=trust_pickle,
+            opt_in="+train.trust_pickle=true (train_mae(trust_pickle=True))",
+        )
         if state["steps"] != steps:
             raise ValueError(
                 f"{state_path} was saved by a run of {state['steps']} steps, this run asks for {steps}: "

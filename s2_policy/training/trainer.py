@@ -1,8 +1,9 @@
 """Head trainer on cached features: AdamW, warmup + cosine schedule, EMA, clipping, checkpoints, resume, DDP.
 
 Resume is exact: ``checkpoints/latest.pt`` holds the trainable weights, optimiser, LR scheduler, EMA, every
-RNG state and the step (a safetensors file with JSON metadata, see docs/checkpoints.md: nothing is unpickled); the batch order is a pure function of ``(seed, step)``, so a run killed at any
-moment and restarted continues as if it had never stopped (from the last checkpoint).
+RNG state and the step (a safetensors file with JSON metadata, docs/checkpoints.md: nothing is unpickled);
+the batch order is a pure function of ``(seed, step)``, so a run killed at any moment and restarted
+continues as if it had never stopped (from the last checkpoint).
 """
 
 from __future__ import annotations
