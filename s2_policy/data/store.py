@@ -191,9 +191,9 @@ class ReplayStore:
                 compressors=_codecs("zstd", zarr_format, False, 8),
             )
             root.attrs.update(all_attrs)
-            if path.is_dir():  # overwrite=True
+            if overwrite and path.is_dir():
                 shutil.rmtree(path)
-            elif path.exists():
+            elif overwrite and path.exists():
                 path.unlink()
             try:
                 os.replace(tmp, path)
@@ -304,7 +304,17 @@ class ReplayStore:
 
     def keys(self) -> list[str]:
         """Sorted names of the ``data/`` arrays."""
-        return sorted(self.data.array_keys())
+        try:
+            return sorted(self.data.array_keys())
+        except (ValueError, TypeError, KeyError) as e:  # a member's zarr.json / .zarray is not readable
+            bad = sorted(
+                f"data/{f.parent.name}" for f in (self.path / "data").glob("*/*")
+                if f.name in ("zarr.json", ".zarray") and not _is_json(f)
+            )
+            raise ValueError(
+                f"{self.path}: the metadata of array {' and '.join(bad) or 'data/?'} is corrupt "
+                f"({type(e).__name__}: {e}); restore the store from a copy or collect/convert it again"
+            ) from e
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over the data keys (like a mapping)."""
@@ -548,6 +558,14 @@ def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
                 "with .tolist() / float() and drop NaN"
             ) from e
     return out
+
+
+def _is_json(f: Path) -> bool:
+    try:
+        json.loads(f.read_text())
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def _lock_path(path: Path) -> str:
