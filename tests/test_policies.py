@@ -9,6 +9,7 @@ import torch
 from s2_policy.policies import DiffusionHead, LinearNormalizer, MLPHead, Policy
 from s2_policy.policies.config import DiffusionHeadConfig, MLPHeadConfig
 from s2_policy.policies.unet1d import ConditionalUnet1D
+from s2_policy.serialization import save_tree
 
 CAMS = ["front", "wrist"]
 
@@ -147,8 +148,8 @@ def test_policy_input_errors(tmp_path):
         p.predict_action(_obs(1, f=16))
     with pytest.raises(FileNotFoundError):
         Policy.load(tmp_path / "nope.pt")
-    torch.save({"format": "other"}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="not an s2_policy policy checkpoint"):
+    save_tree({"config": {}}, tmp_path / "bad.pt", "other")
+    with pytest.raises(ValueError, match="bad.pt is not a policy checkpoint .*'other'"):
         Policy.load(tmp_path / "bad.pt", load_encoder=False)
 
 

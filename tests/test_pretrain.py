@@ -10,7 +10,8 @@ import torch
 
 from s2_policy.pretrain.data import FrameConfig, FrameSampler, frame_views, load_or_render_frames
 from s2_policy.pretrain.mae import MAEConfig, MaskedAutoencoder, build_vit, get_2d_sincos_pos_embed
-from s2_policy.pretrain.train import export_encoder, train_mae
+from s2_policy.pretrain.train import STATE_FORMAT, export_encoder, train_mae
+from s2_policy.serialization import load_tree
 
 # A very small member of the family keeps every test fast; the export tests use the real s2p-tiny shape.
 SMALL = MAEConfig(
@@ -124,7 +125,7 @@ def test_training_resumes_bit_exactly_after_a_crash(tmp_path: Path) -> None:
     reference = _train(tmp_path / "ref")
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "crash", crash_at=4)  # dies during step 4: the state of step 2 is on disk
-    state = torch.load(tmp_path / "crash" / "train_state.pt", weights_only=False)
+    state = load_tree(tmp_path / "crash" / "train_state.pt", STATE_FORMAT)
     assert state["step"] == 2
     resumed = _train(tmp_path / "crash")
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):

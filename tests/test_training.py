@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from s2_policy.policies import Policy
-from s2_policy.training.trainer import TrainConfig, Trainer
+from s2_policy.policies.policy import CHECKPOINT_FORMAT
+from s2_policy.serialization import load_tree
+from s2_policy.training.trainer import RESUME_FORMAT, TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,18 +161,18 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (run / "policy.pt").exists()
-    killed_at = torch.load(latest, weights_only=False)["step"]
+    killed_at = load_tree(latest, RESUME_FORMAT)["step"]
     assert 0 < killed_at < int(steps)
     res = subprocess.run([sys.executable, str(script), str(run), "diffusion", steps, "0"],
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert f"STEPS_RUN {int(steps) - killed_at}" in res.stdout
-    a = torch.load(tmp_path / "ref" / "policy.pt", weights_only=False)
-    b = torch.load(run / "policy.pt", weights_only=False)
+    a = load_tree(tmp_path / "ref" / "policy.pt", CHECKPOINT_FORMAT)
+    b = load_tree(run / "policy.pt", CHECKPOINT_FORMAT)
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    la = torch.load(tmp_path / "ref" / "checkpoints" / "latest.pt", weights_only=False)
-    lb = torch.load(latest, weights_only=False)
+    la = load_tree(tmp_path / "ref" / "checkpoints" / "latest.pt", RESUME_FORMAT)
+    lb = load_tree(latest, RESUME_FORMAT)
     assert la["best_success"] == lb["best_success"]
     assert [h.get("loss") for h in la["history"]] == [h.get("loss") for h in lb["history"]]
 

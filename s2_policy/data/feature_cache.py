@@ -14,13 +14,16 @@ not detected; delete the cache directory after such edits.
 
 Writing is resumable and atomic: features go to ``<key>.zarr.partial`` in batch-sized chunks, with the
 number of finished frames recorded in its attributes after each batch; an interrupted run resumes from
-there, and the finished cache is renamed into place with ``os.replace``. A file lock serialises
-concurrent writers (e.g. several training processes).
+there, and the finished cache is renamed into place with ``os.replace``. An inter-process lock
+(``filelock``) serialises concurrent writers (e.g. several training processes): the second waits for the
+first (at most ``lock_timeout_s``) and then uses its finished cache.
+
+Each chunk carries a crc32c checksum and every chunk is written, so a corrupt or missing chunk raises
+:class:`~s2_policy.data.integrity.StoreIntegrityError` naming the camera array and chunk.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,16 +33,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import torch
 import zarr
+import zarr.codecs
 from tqdm.auto import tqdm
 
+from s2_policy.data.integrity import CHECKSUM, checksum_codecs, open_group
 from s2_policy.data.store import ReplayStore
 
 __all__ = ["FeatureCache", "ensure_feature_cache", "store_identity"]
 
 FORMAT_VERSION = 1
+DEFAULT_LOCK_TIMEOUT_S = 4 * 3600.0  # another process may be encoding a large store
 
 
 def store_identity(store: ReplayStore, cameras: Sequence[str]) -> str:
@@ -73,7 +80,7 @@ class FeatureCache:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no feature cache at {self.path}; build one with ensure_feature_cache")
-        self._root = zarr.open_group(zarr.storage.LocalStore(self.path, read_only=True), mode="r")
+        self._root = _open_cache(self.path)
         attrs = dict(self._root.attrs)
         if not attrs.get("complete"):
             raise ValueError(
@@ -117,13 +124,19 @@ class FeatureCache:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._root = zarr.open_group(zarr.storage.LocalStore(self.path, read_only=True), mode="r")
+        self._root = _open_cache(self.path)
 
     def __repr__(self) -> str:
         return (
             f"FeatureCache({str(self.path)!r}, cameras={self.cameras}, "
             f"frames={self.n_frames}, F={self.out_dim})"
         )
+
+
+def _open_cache(path: Path) -> zarr.Group:
+    """The cache group, read through the checked store when it was written with checksums."""
+    root = open_group(path, read_only=True, checked=False)
+    return open_group(path, read_only=True, checked=True) if root.attrs.get("checksum") == CHECKSUM else root
 
 
 def _encoder_device(encoder: torch.nn.Module) -> torch.device:
@@ -139,12 +152,14 @@ def ensure_feature_cache(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     fingerprint: str | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> FeatureCache:
     """Return the feature cache of ``store_path`` for ``encoder``; encode (or finish encoding) it if needed.
 
     ``encoder`` follows the ``S2Encoder`` interface: ``out_dim`` and ``encode_cameras([imgs_cam0, ...])``
     taking uint8 (B, H, W, 3) tensors and returning (B, K, out_dim). ``fingerprint`` defaults to
     ``s2_policy.encoders.fingerprint(encoder)``. ``cache_dir`` defaults to ``<store_path>.features/``.
+    Another process building the same cache is waited for at most ``lock_timeout_s`` (then TimeoutError).
     """
     cameras = list(cameras)
     if not cameras:
@@ -168,8 +183,15 @@ def ensure_feature_cache(
     final = cache_dir / f"{key}.zarr"
     if final.exists():
         return FeatureCache(final)
-    with open(cache_dir / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be writing the same cache
+    lock = filelock.FileLock(cache_dir / f"{key}.lock")
+    try:
+        lock.acquire(timeout=lock_timeout_s)  # another process may be writing the same cache
+    except filelock.Timeout:
+        raise TimeoutError(
+            f"another process has been building the feature cache {final} for more than {lock_timeout_s:g} s "
+            f"(lock {lock.lock_file}); wait for it, or pass a larger lock_timeout_s"
+        ) from None
+    try:
         if not final.exists():
             partial = cache_dir / f"{key}.zarr.partial"
             _encode_into(
@@ -182,6 +204,9 @@ def ensure_feature_cache(
                 {"key": key, "fingerprint": fingerprint, "store_id": store_id},
             )
             os.replace(partial, final)
+    finally:
+        lock.release()
+    # Safe to remove: a process that still waits on the old file re-checks `final` once it holds it.
     (cache_dir / f"{key}.lock").unlink(missing_ok=True)
     return FeatureCache(final)
 
@@ -216,7 +241,7 @@ def _encode_into(
             root = None
     if root is None:
         root = zarr.open_group(zarr.storage.LocalStore(partial), mode="w")
-        meta = {"cameras": cameras, "out_dim": out_dim, "n_done": 0, "complete": False}
+        meta = {"cameras": cameras, "out_dim": out_dim, "n_done": 0, "complete": False, "checksum": CHECKSUM}
         root.attrs.update(
             {**ident, **meta, "episode_ends": store.episode_ends.tolist(), "store_path": str(store.path)}
         )
@@ -250,8 +275,9 @@ def _encode_into(
                 for k, c in enumerate(cameras):
                     if c not in root:
                         shape = feats.shape[2:]
-                        root.create_array(c, shape=(n, *shape), chunks=(batch_size, *shape), dtype="float32")
-                    root[c][i:j] = feats[:, k]
+                        root.create_array(c, shape=(n, *shape), chunks=(batch_size, *shape), dtype="float32",
+                                          compressors=checksum_codecs(zarr.codecs.ZstdCodec()))
+                    root[c].with_config({"write_empty_chunks": True})[i:j] = feats[:, k]
                 root.attrs["n_done"] = j  # progress is recorded only after the batch is on disk
                 bar.update(j - i)
     finally:

@@ -11,10 +11,22 @@ episode becomes visible only once all of its data is on disk. Frames beyond ``ep
 a writer killed mid-episode) are ignored on open and overwritten by the next append. The one torn state
 that the ordering leaves, ``episode_ends`` resized but its new value not yet written, reads as a trailing
 fill value (0) and is recognised as an uncommitted append.
+
+Writers are serialised: every append and attribute update holds an inter-process lock (``filelock``, the
+file ``<store>/.writer.lock``) and first re-reads the committed state, so two processes
+appending to one store interleave whole episodes and never lose one. A writer waits at most
+``lock_timeout_s`` (default :data:`DEFAULT_LOCK_TIMEOUT_S`) for another, then raises :class:`StoreBusyError`.
+A writer killed while holding the lock releases it (the OS drops the lock with the process).
+
+Integrity: new zarr-3 stores store a crc32c per chunk and write every chunk (attribute
+``storage.checksum = "crc32c"``); they are read through :class:`~s2_policy.data.integrity.CheckedStore`, so a
+corrupt or missing chunk raises :class:`~s2_policy.data.integrity.StoreIntegrityError` naming the array and
+chunk instead of reading wrong values or the fill value. Older stores (no checksums) open as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,14 +35,22 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numcodecs
 import numpy as np
 import zarr
 import zarr.codecs
 
-__all__ = ["ReplayStore", "IMAGE_CODECS", "is_image_array"]
+from s2_policy.data.integrity import CHECKSUM, StoreIntegrityError, checksum_codecs, open_group
+
+__all__ = [
+    "ReplayStore", "StoreBusyError", "StoreExistsError", "IMAGE_CODECS", "is_image_array",
+    "DEFAULT_LOCK_TIMEOUT_S",
+]
 
 WRITER = "s2_policy.data.store"
+DEFAULT_LOCK_TIMEOUT_S = 120.0
+LOCK_FILE = ".writer.lock"  # inside the store directory; zarr ignores it
 
 # Image compression choices (measured in BENCHMARKS.md, "Data-layer benchmarks"). Blosc without shuffle:
 # images are uint8, for which byte shuffling is a no-op.
@@ -48,6 +68,20 @@ DEFAULT_STORAGE: dict[str, Any] = {
 def is_image_array(shape: tuple[int, ...]) -> bool:
     """True for per-frame image arrays: (T, H, W, C) with C in {1, 3, 4}."""
     return len(shape) == 4 and shape[-1] in (1, 3, 4)
+
+
+class StoreExistsError(ValueError):
+    """A store already exists where a new one was to be created."""
+
+
+class StoreBusyError(TimeoutError):
+    """Another process held the store's writer lock for longer than the caller was willing to wait."""
+
+
+def _codecs(kind: str, zarr_format: int, image: bool, typesize: int, checksum: bool = True) -> Any:
+    """``compressors`` for a new array: Blosc (+ crc32c on zarr 3 when ``checksum``)."""
+    comp = _compressor(kind, zarr_format, image, typesize)
+    return checksum_codecs(comp) if zarr_format == 3 and checksum else comp
 
 
 def _compressor(kind: str, zarr_format: int, image: bool, typesize: int) -> Any:
@@ -69,10 +103,16 @@ def _compressor(kind: str, zarr_format: int, image: bool, typesize: int) -> Any:
 class ReplayStore:
     """A diffusion_policy-layout demonstration store (create, open, append episodes, read episodes)."""
 
-    def __init__(self, root: zarr.Group, path: Path, mode: str, validate: bool = True) -> None:
+    def __init__(self, root: zarr.Group, path: Path, mode: str, validate: bool = True,
+                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         """Wrap an opened zarr group; use :meth:`create` or :meth:`open` instead of calling this."""
         self.path = path
         self.mode = mode
+        self.lock_timeout_s = float(lock_timeout_s)
+        self._lock = filelock.FileLock(_lock_path(path), timeout=self.lock_timeout_s)
+        self.checked = (root.attrs.get("storage") or {}).get("checksum") == CHECKSUM
+        if self.checked:  # reads go through the checked store (appends write through a plain one)
+            root = open_group(path, read_only=mode == "r", checked=True)
         self.root = root
         for name in ("data", "meta"):
             if name not in root or not isinstance(root[name], zarr.Group):
@@ -87,7 +127,7 @@ class ReplayStore:
             )
         self.data: zarr.Group = root["data"]
         self.meta: zarr.Group = root["meta"]
-        self._ends_arr: zarr.Array = self.meta["episode_ends"]
+        self._ends_arr: zarr.Array = self._open_ends()
         self._arrays: dict[str, zarr.Array] = {}
         self._episode_ends = self._read_committed_ends()
         if validate:
@@ -105,11 +145,22 @@ class ReplayStore:
         image_codec: str = DEFAULT_STORAGE["image_codec"],
         image_chunk_frames: int = DEFAULT_STORAGE["image_chunk_frames"],
         lowdim_chunk_frames: int = DEFAULT_STORAGE["lowdim_chunk_frames"],
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> ReplayStore:
-        """Create an empty store at ``path`` (a directory); refuses to replace one unless ``overwrite``."""
+        """Create an empty store at ``path`` (a directory); refuses to replace one unless ``overwrite``.
+
+        Zarr-3 stores (the default) get a crc32c checksum per chunk (see the module docstring).
+        """
         path = Path(path)
+        root = cls._build(path, attrs, overwrite, zarr_format, image_codec, image_chunk_frames,
+                          lowdim_chunk_frames)
+        return cls(root, path, "a", lock_timeout_s=lock_timeout_s)
+
+    @staticmethod
+    def _build(path: Path, attrs: Mapping[str, Any] | None, overwrite: bool, zarr_format: int,
+               image_codec: str, image_chunk_frames: int, lowdim_chunk_frames: int) -> zarr.Group:
         if path.exists() and not overwrite:
-            raise ValueError(
+            raise StoreExistsError(
                 f"{path} already exists; open it with ReplayStore.open(path, mode='a') to append "
                 "or pass overwrite=True to replace it"
             )
@@ -124,6 +175,7 @@ class ReplayStore:
             "image_codec": image_codec,
             "image_chunk_frames": int(image_chunk_frames),
             "lowdim_chunk_frames": int(lowdim_chunk_frames),
+            "checksum": CHECKSUM if zarr_format == 3 else None,
         }
         # Built beside the target and renamed into place: a crash never leaves a half-made store at `path`.
         tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
@@ -136,22 +188,31 @@ class ReplayStore:
                 dtype="int64",
                 chunks=(lowdim_chunk_frames,),
                 fill_value=0,
-                compressors=_compressor("zstd", zarr_format, False, 8),
+                compressors=_codecs("zstd", zarr_format, False, 8),
             )
             root.attrs.update(all_attrs)
-            if path.is_dir():  # overwrite=True
+            if overwrite and path.is_dir():
                 shutil.rmtree(path)
-            elif path.exists():
+            elif overwrite and path.exists():
                 path.unlink()
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as e:  # another process created it meanwhile (rename onto a non-empty dir)
+                raise StoreExistsError(
+                    f"{path} was created by another process while this one was creating it; open it with "
+                    "ReplayStore.open(path, mode='a') to append"
+                ) from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        root = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
-        return cls(root, path, "a")
+        return zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r", validate: bool = True) -> ReplayStore:
-        """Open an existing store (zarr format 2 or 3); ``mode`` is "r" (read-only) or "a" (append)."""
+    def open(cls, path: str | os.PathLike, mode: str = "r", validate: bool = True,
+             lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> ReplayStore:
+        """Open an existing store (zarr format 2 or 3); ``mode`` is "r" (read-only) or "a" (append).
+
+        Appending takes the writer lock per episode; ``lock_timeout_s`` bounds the wait for another writer.
+        """
         path = Path(path)
         if mode not in ("r", "a"):
             raise ValueError(
@@ -164,25 +225,44 @@ class ReplayStore:
             root = zarr.open_group(store, mode="r" if mode == "r" else "r+")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise ValueError(f"{path} is not a zarr group: not a demonstration store") from e
-        if mode == "a":
-            _remove_partial_files(path)
-        return cls(root, path, mode, validate=validate)
+        except (ValueError, TypeError, KeyError) as e:  # zarr.json that is not JSON / not zarr metadata
+            raise ValueError(f"{path}/zarr.json (the store's root metadata) is corrupt: {e}") from e
+        if mode == "a":  # under the lock: no other writer is mid-write
+            with _acquire(filelock.FileLock(_lock_path(path)), path, lock_timeout_s):
+                _remove_partial_files(path)
+        return cls(root, path, mode, validate=validate, lock_timeout_s=lock_timeout_s)
 
     @classmethod
     def open_or_create(
         cls, path: str | os.PathLike, attrs: Mapping[str, Any] | None = None, **create_kwargs: Any
     ) -> ReplayStore:
         """Open ``path`` for appending if it exists, else create it (resumable collection)."""
-        if Path(path).exists():
-            store = cls.open(path, mode="a")
-            if attrs:
-                store.update_attrs(attrs)
-            return store
-        return cls.create(path, attrs, **create_kwargs)
+        if not Path(path).exists():
+            try:
+                return cls.create(path, attrs, **create_kwargs)
+            except StoreExistsError:  # another process created it first: append to theirs
+                pass
+        timeout = create_kwargs.get("lock_timeout_s", DEFAULT_LOCK_TIMEOUT_S)
+        store = cls.open(path, mode="a", lock_timeout_s=timeout)
+        if attrs:
+            store.update_attrs(attrs)
+        return store
 
     # ------------------------------------------------------------------ reading
+    def _open_ends(self) -> zarr.Array:
+        """``meta/episode_ends``, read leniently: a torn append leaves its last chunk unwritten on purpose
+        (read as the fill value, see the module docstring); the crc32c codec still checks stored chunks."""
+        plain = open_group(self.path, read_only=self.mode == "r", checked=False)
+        return self._open_array(plain["meta"], "meta", "episode_ends")
+
     def _read_committed_ends(self) -> np.ndarray:
-        ends = np.asarray(self._ends_arr[:], dtype=np.int64)
+        try:
+            ends = np.asarray(self._ends_arr[:], dtype=np.int64)
+        except ValueError as e:  # e.g. the crc32c codec: "Stored and computed checksum do not match"
+            raise StoreIntegrityError(
+                f"{self.path}: array 'meta/episode_ends' cannot be read ({e}); the store is damaged: "
+                "restore it from a copy or collect/convert it again"
+            ) from e
         if ends.ndim != 1:
             raise ValueError(f"{self.path}: meta/episode_ends must be 1-D, got shape {ends.shape}")
         fill = self._ends_arr.fill_value
@@ -224,7 +304,17 @@ class ReplayStore:
 
     def keys(self) -> list[str]:
         """Sorted names of the ``data/`` arrays."""
-        return sorted(self.data.array_keys())
+        try:
+            return sorted(self.data.array_keys())
+        except (ValueError, TypeError, KeyError) as e:  # a member's zarr.json / .zarray is not readable
+            bad = sorted(
+                f"data/{f.parent.name}" for f in (self.path / "data").glob("*/*")
+                if f.name in ("zarr.json", ".zarray") and not _is_json(f)
+            )
+            raise ValueError(
+                f"{self.path}: the metadata of array {' and '.join(bad) or 'data/?'} is corrupt "
+                f"({type(e).__name__}: {e}); restore the store from a copy or collect/convert it again"
+            ) from e
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over the data keys (like a mapping)."""
@@ -243,8 +333,18 @@ class ReplayStore:
         if arr is None:
             if key not in self.data:
                 raise KeyError(f"no array data/{key} in {self.path}; keys: {self.keys()}")
-            arr = self._arrays[key] = self.data[key]
+            arr = self._arrays[key] = self._open_array(self.data, "data", key)
         return arr
+
+    def _open_array(self, group: zarr.Group, group_name: str, key: str) -> zarr.Array:
+        """``group[key]``, or ValueError naming the array if its metadata (zarr.json) is damaged."""
+        try:
+            return group[key]
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(
+                f"{self.path}: the metadata of array {group_name}/{key} is corrupt "
+                f"({type(e).__name__}: {e}); restore the store from a copy or collect/convert it again"
+            ) from e
 
     def __len__(self) -> int:
         return self.n_episodes
@@ -307,7 +407,8 @@ class ReplayStore:
                 if np.issubdtype(arr.dtype, np.floating) and arr.ndim <= 2:
                     _check_finite(k, np.asarray(arr[:n]), where=str(p))
 
-    def _check_image(self, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    def _check_image(self, key: str, dtype: np.dtype, shape: tuple[int, ...],
+                     values: np.ndarray | None = None) -> None:
         if len(shape) != 4 or shape[-1] not in (1, 3, 4):
             hint = (
                 " (looks channel-first: transpose to (T, H, W, C))"
@@ -317,18 +418,41 @@ class ReplayStore:
             raise ValueError(
                 f"image key {key!r} must have shape (T, H, W, C) with C in 1/3/4, got {shape}{hint}"
             )
+        if 0 in shape[1:3]:
+            raise ValueError(f"image key {key!r} has an empty frame size {shape[1:3]}")
         if np.dtype(dtype) != np.uint8:
-            raise ValueError(
-                f"image key {key!r} must be uint8, got {np.dtype(dtype)}; convert float images in "
-                "[0, 1] with (x * 255).round().clip(0, 255).astype(np.uint8)"
-            )
+            hint = "convert float images in [0, 1] with (x * 255).round().clip(0, 255).astype(np.uint8)"
+            if values is not None and np.issubdtype(values.dtype, np.floating) and values.size:
+                if not np.isfinite(values).all():
+                    hint = "the images hold NaN/inf: fix or drop those frames, then " + hint
+                elif float(values.max()) > 1.0:
+                    hint = ("these float images are in 0..255 (max "
+                            f"{float(values.max()):g}): convert with x.round().clip(0, 255).astype(np.uint8)")
+            raise ValueError(f"image key {key!r} must be uint8, got {np.dtype(dtype)}; {hint}")
 
     # ------------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[zarr.Group]:
+        """Hold the writer lock and yield a writable root, with this object's view refreshed from disk.
+
+        Another process may have appended or changed attributes since this store was opened.
+        """
+        if self.mode == "r":
+            raise ValueError(f"{self.path} is open read-only; open it with mode='a' to write")
+        with _acquire(self._lock, self.path, self.lock_timeout_s):
+            self.root = open_group(self.path, read_only=False, checked=self.checked)
+            self.data, self.meta = self.root["data"], self.root["meta"]
+            self._arrays.clear()
+            self._ends_arr = self._open_ends()
+            self._episode_ends = self._read_committed_ends()
+            yield zarr.open_group(zarr.storage.LocalStore(self.path), mode="r+")
+
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
         """Append one complete episode (``{key: (T, ...) array}``); returns its index.
 
         Data arrays are grown and written first, ``meta/episode_ends`` last: a crash at any point leaves
-        the store holding exactly the episodes that were complete before.
+        the store holding exactly the episodes that were complete before. The whole append holds the
+        writer lock (see the module docstring).
         """
         if self.mode == "r":
             raise ValueError(f"{self.path} is open read-only; open it with mode='a' to append")
@@ -343,6 +467,10 @@ class ReplayStore:
         T = next(iter(lengths.values()))
         if T == 0:
             raise ValueError("episode has 0 frames; an episode needs at least one frame")
+        with self._writing() as wroot:
+            return self._append(wroot, ep, T)
+
+    def _append(self, wroot: zarr.Group, ep: dict[str, np.ndarray], T: int) -> int:
         existing = self.keys()
         if self.n_episodes and set(ep) != set(existing):
             raise ValueError(
@@ -352,7 +480,7 @@ class ReplayStore:
         cams = set(self.image_keys())
         for k, v in ep.items():
             if k in cams or is_image_array(v.shape) or (v.ndim == 4 and v.shape[1] in (1, 3)):
-                self._check_image(k, v.dtype, v.shape)
+                self._check_image(k, v.dtype, v.shape, v)
             elif np.issubdtype(v.dtype, np.floating):
                 _check_finite(k, v, where="episode")
             if self.n_episodes:
@@ -365,43 +493,51 @@ class ReplayStore:
                 if not np.can_cast(v.dtype, arr.dtype, casting="same_kind"):
                     raise ValueError(f"data/{k} has dtype {arr.dtype}; cannot store {v.dtype} in it")
         start = self.n_frames
+        wdata = wroot["data"]
         if not self.n_episodes:  # arrays left by a writer killed before its first commit are stale
             for k in existing:
                 if k not in ep:
-                    del self.data[k]
-                    self._arrays.pop(k, None)
+                    del wdata[k]
         for k, v in ep.items():
-            arr = self._array_for(k, v) if not self.n_episodes else self[k]
+            arr = self._array_for(wroot, k, v) if not self.n_episodes else wdata[k]
+            arr = arr.with_config({"write_empty_chunks": True})  # a missing chunk is then always damage
             arr.resize((start + T, *arr.shape[1:]))
             arr[start : start + T] = v
         new_ends = np.append(self._episode_ends, start + T).astype(np.int64)
-        self._ends_arr.resize((len(new_ends),))
-        self._ends_arr[len(new_ends) - 1] = start + T  # the commit point
+        ends = wroot["meta"]["episode_ends"].with_config({"write_empty_chunks": True})
+        ends.resize((len(new_ends),))
+        ends[len(new_ends) - 1] = start + T  # the commit point
         self._episode_ends = new_ends
+        self._arrays.clear()  # the read handles' shapes are stale now
+        self._ends_arr = self._open_ends()
         return len(new_ends) - 1
 
-    def _array_for(self, key: str, v: np.ndarray) -> zarr.Array:
+    def _array_for(self, wroot: zarr.Group, key: str, v: np.ndarray) -> zarr.Array:
         """Create (or re-create, when no episode is committed yet) the data array for ``key``."""
-        settings = {**DEFAULT_STORAGE, **dict(self.root.attrs.get("storage", {}))}
-        fmt = self.root.metadata.zarr_format
+        settings = {**DEFAULT_STORAGE, **dict(wroot.attrs.get("storage", {}))}
+        fmt = wroot.metadata.zarr_format
         image = is_image_array(v.shape)
         frames = settings["image_chunk_frames"] if image else settings["lowdim_chunk_frames"]
         dtype = np.float32 if v.dtype == np.float64 else v.dtype
-        self._arrays[key] = self.data.create_array(
+        codecs = _codecs(settings["image_codec"], fmt, image, np.dtype(dtype).itemsize,
+                         checksum=settings.get("checksum") == CHECKSUM)
+        return wroot["data"].create_array(
             key,
             shape=(0, *v.shape[1:]),
             dtype=dtype,
             chunks=(frames, *v.shape[1:]),
             overwrite=True,
-            compressors=_compressor(settings["image_codec"], fmt, image, np.dtype(dtype).itemsize),
+            compressors=codecs,
         )
-        return self._arrays[key]
 
     def update_attrs(self, attrs: Mapping[str, Any]) -> None:
-        """Merge ``attrs`` into the root attributes (JSON-able values)."""
+        """Merge ``attrs`` into the root attributes (JSON-able values), under the writer lock."""
         if self.mode == "r":
             raise ValueError(f"{self.path} is open read-only; open it with mode='a' to change attributes")
-        self.root.attrs.update(_json_attrs(attrs))
+        attrs = _json_attrs(attrs)
+        with self._writing() as wroot:
+            wroot.attrs.update(attrs)
+        self.root = open_group(self.path, read_only=False, checked=self.checked)
 
     def __repr__(self) -> str:
         return (
@@ -422,6 +558,34 @@ def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
                 "with .tolist() / float() and drop NaN"
             ) from e
     return out
+
+
+def _is_json(f: Path) -> bool:
+    try:
+        json.loads(f.read_text())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _lock_path(path: Path) -> str:
+    return str(path / LOCK_FILE)
+
+
+@contextlib.contextmanager
+def _acquire(lock: filelock.FileLock, path: Path, timeout: float) -> Iterator[None]:
+    """Hold ``lock``; StoreBusyError naming the store if another writer keeps it past ``timeout`` s."""
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise StoreBusyError(
+            f"{path} is being written by another process (lock {lock.lock_file} held for more than "
+            f"{timeout:g} s); wait for it to finish, or open the store with a larger lock_timeout_s"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _remove_partial_files(path: Path) -> None:

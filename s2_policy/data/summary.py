@@ -1,6 +1,9 @@
 """Print a store's summary: episodes, lengths, keys, shapes, dtypes, chunks, codecs, sizes on disk.
 
-Usage: ``python -m s2_policy.data.summary PATH [--json]``
+Usage: ``python -m s2_policy.data.summary PATH [--json] [--verify]``
+
+``--verify`` decodes every chunk of every array (committed frames) and checks its crc32c checksum (stores
+written with checksums) and its presence; it exits with status 1 naming each bad chunk.
 """
 
 from __future__ import annotations
@@ -8,15 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from s2_policy.data.integrity import has_checksum, verify_array
 from s2_policy.data.store import ReplayStore
 
-__all__ = ["summarize", "format_summary"]
+__all__ = ["summarize", "format_summary", "verify"]
 
 
 def _dir_bytes(path: Path) -> int:
@@ -46,6 +51,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
             "dtype": str(arr.dtype),
             "chunks": list(arr.chunks),
             "codec": _codec_name(arr),
+            "checksum": has_checksum(arr),
             "stored_bytes": _dir_bytes(store.path / "data" / k),
             "raw_bytes": int(np.prod(arr.shape)) * arr.dtype.itemsize,
         }
@@ -55,6 +61,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     return {
         "path": str(store.path),
         "zarr_format": store.root.metadata.zarr_format,
+        "checksums": "crc32c" if store.checked else None,
         "episodes": store.n_episodes,
         "frames": store.n_frames,
         "length_min": int(lengths.min()) if len(lengths) else 0,
@@ -78,6 +85,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"episodes     {s['episodes']}   frames {s['frames']}   "
         f"length min/mean/max {s['length_min']}/{s['length_mean']:.1f}/{s['length_max']}",
         f"disk         {_mb(s['disk_bytes'])}",
+        "checksums    " + (
+            "crc32c per chunk; missing chunks are errors" if s["checksums"]
+            else "none (written before checksums, or zarr format 2): corruption cannot be detected"
+        ),
         "",
         f"{'key':<22}{'shape':<22}{'dtype':<9}{'chunks':<20}{'codec':<24}{'on disk':>12}{'ratio':>8}",
     ]
@@ -95,14 +106,40 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verify(path: str | os.PathLike) -> dict[str, Any]:
+    """Decode every chunk of the committed frames of every array of the store at ``path``.
+
+    Returns ``{"chunks": n checked, "problems": [{"array", "chunk", "error"}], "checksums": bool}``.
+    """
+    store = ReplayStore.open(path, mode="r", validate=False)
+    checked, problems = 0, []
+    arrays = [(f"data/{k}", store[k], store.n_frames) for k in store]
+    for name, arr, n in arrays:
+        c, p = verify_array(name, arr, n)
+        checked += c
+        problems += [{"array": q.array, "chunk": list(q.chunk), "error": q.error} for q in p]
+    return {"chunks": checked, "problems": problems, "checksums": store.checked}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m s2_policy.data.summary PATH [--json]``."""
+    """Command line: ``python -m s2_policy.data.summary PATH [--json] [--verify]``."""
     p = argparse.ArgumentParser(description="Summarise a zarr demonstration store.")
     p.add_argument("path", type=Path, help="store directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--verify", action="store_true", help="decode and checksum every chunk (slow)")
     a = p.parse_args(argv)
     s = summarize(a.path)
+    if a.verify:
+        s["verify"] = verify(a.path)
     print(json.dumps(s, indent=2) if a.json else format_summary(s))
+    if a.verify and not a.json:
+        v = s["verify"]
+        for q in v["problems"]:
+            print(f"BAD  {q['array']} chunk {tuple(q['chunk'])}: {q['error']}")
+        how = "decoded and checksummed" if v["checksums"] else "decoded (no checksums in this store)"
+        print(f"\nverify: {v['chunks']} chunks {how}, {len(v['problems'])} bad")
+    if a.verify and s["verify"]["problems"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

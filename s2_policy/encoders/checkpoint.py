@@ -44,12 +44,27 @@ def read_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     ``weights_only=True`` unless ``trust_checkpoint`` (the file may then run arbitrary code when unpickled).
     A ``module.`` prefix (DDP) is stripped.
     """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(
+            f"{path} is not a checkpoint: it is neither a torch.save archive nor a pickle (it starts with "
+            f"{head!r}). Pass the .pth/.pt file holding the backbone weights."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as err:
+        if trust_checkpoint or "weights only load failed" not in str(err).lower():
+            raise ValueError(f"{path} is damaged or truncated: it cannot be unpickled ({err})") from err
+        why = next((ln.strip() for ln in str(err).splitlines() if "WeightsUnpickler" in ln), str(err)[:200])
         raise ValueError(
             f"{path} pickles objects other than tensors, so it was not loaded with weights_only=True "
-            f"({err}). If you trust the file, set trust_checkpoint=True (EncoderConfig) to load it anyway."
+            f"({why}). If you trust the file, set trust_checkpoint=True (EncoderConfig) to load it anyway."
+        ) from err
+    except (RuntimeError, EOFError, KeyError, ValueError) as err:
+        raise ValueError(
+            f"{path} is damaged or truncated: torch.load failed ({type(err).__name__}: {str(err)[:200]}); "
+            "copy the checkpoint again from its source"
         ) from err
     sd = obj
     if isinstance(obj, Mapping):

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from s2_policy.atomic import atomic_torch_save
 from s2_policy.policies.config import PolicyConfig
 from s2_policy.policies.diffusion_head import DiffusionHead
 from s2_policy.policies.mlp_head import MLPHead
 from s2_policy.policies.normalizer import LinearNormalizer
+from s2_policy.serialization import load_tree, save_tree
 
-CHECKPOINT_FORMAT = "s2_policy.policy/1"
+CHECKPOINT_FORMAT = "s2_policy.policy/2"
+_PICKLED_FORMAT = "s2_policy.policy/1"  # torch.save files: loaded only with trust_pickle=True
 
 def _to_plain(x: Any) -> Any:
     """OmegaConf containers / tuples -> plain dicts and lists (for torch.save and JSON)."""
@@ -212,7 +213,7 @@ class Policy(nn.Module):
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def checkpoint_dict(self) -> dict:
-        """Self-contained, ``torch.save``-able description of this policy (no encoder weights)."""
+        """Self-contained description of this policy (no encoder weights): what :meth:`save` writes."""
         return {
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
             "dims": {"feature_dim": self.feature_dim, "cameras": self.cameras, "state_dim": self.state_dim,
@@ -223,14 +224,19 @@ class Policy(nn.Module):
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the checkpoint atomically (temp file in the same folder, then ``os.replace``)."""
-        return atomic_torch_save(self.checkpoint_dict(), path)
+        """Write the checkpoint atomically: one safetensors file, weights as tensors, the rest as JSON.
+
+        See docs/checkpoints.md for the layout; the file loads without unpickling anything.
+        """
+        ckpt = self.checkpoint_dict()
+        fmt = ckpt.pop("format")
+        return save_tree(ckpt, path, fmt)
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: Mapping, device: str | torch.device = "cpu",
                              load_encoder: bool = True) -> Policy:
         """Rebuild a policy from :meth:`checkpoint_dict` output."""
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        if ckpt.get("format") not in (CHECKPOINT_FORMAT, _PICKLED_FORMAT):
             raise ValueError(f"not an s2_policy policy checkpoint (format {ckpt.get('format')!r}, "
                              f"expected {CHECKPOINT_FORMAT!r})")
         norm = LinearNormalizer()
@@ -252,10 +258,13 @@ class Policy(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-             load_encoder: bool = True) -> Policy:
-        """Load a checkpoint written by :meth:`save`; rebuilds and verifies the encoder unless told not to."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"policy checkpoint {path} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+             load_encoder: bool = True, trust_pickle: bool = False) -> Policy:
+        """Load a checkpoint written by :meth:`save`; rebuilds and verifies the encoder unless told not to.
+
+        Checkpoints of the earlier pickled format (``torch.save``) can run code when loaded: they are refused
+        unless ``trust_pickle=True`` (re-save them to convert).
+        """
+        ckpt = load_tree(path, (CHECKPOINT_FORMAT, _PICKLED_FORMAT), what="policy checkpoint",
+                         trust_pickle=trust_pickle,
+                         opt_in="Policy.load(path, trust_pickle=True) (evaluate: +trust_pickle=true)")
         return cls.from_checkpoint_dict(ckpt, device=device, load_encoder=load_encoder)

@@ -25,8 +25,10 @@ from s2_policy.atomic import atomic_path, atomic_torch_save
 from s2_policy.pretrain.data import FrameConfig, FrameSampler, load_or_render_frames
 from s2_policy.pretrain.mae import MAEConfig, MaskedAutoencoder
 from s2_policy.runtime import configure_cpu
+from s2_policy.serialization import load_tree, save_tree
 
-STATE_FILE = "train_state.pt"
+STATE_FILE = "train_state.pt"  # safetensors + JSON metadata (docs/checkpoints.md), whatever the suffix
+STATE_FORMAT = "s2_policy.pretrain_state/1"
 LOG_FILE = "loss.csv"
 LOG_FIELDS = ["step", "loss", "lr", "elapsed_s"]
 
@@ -86,12 +88,14 @@ def train_mae(
     ckpt_every: int = 250,
     log_every: int = 10,
     progress: bool = True,
+    trust_pickle: bool = False,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``steps`` optimiser steps on ``sampler`` batches, resuming from ``out_dir``.
 
     Returns the loss log (one row per ``log_every`` steps, averaged over them), also written to
     ``out_dir/loss.csv``. The training state (model, optimiser, scheduler, sampler and masking RNGs) is saved
-    to ``out_dir/train_state.pt`` every ``ckpt_every`` steps and at the end.
+    to ``out_dir/train_state.pt`` every ``ckpt_every`` steps and at the end. A state file of the earlier
+    pickled format is resumed from only with ``trust_pickle=True`` (unpickling can run code).
     """
     if steps < 1 or ckpt_every < 1 or log_every < 1:
         raise ValueError("steps, ckpt_every and log_every must be >= 1")
@@ -113,7 +117,13 @@ def train_mae(
     step, elapsed = 0, 0.0
     state_path = out / STATE_FILE
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = load_tree(
+            state_path,
+            STATE_FORMAT,
+            what="pre-training resume state",
+            trust_pickle=trust_pickle,
+            opt_in="+train.trust_pickle=true (train_mae(trust_pickle=True))",
+        )
         if state["steps"] != steps:
             raise ValueError(
                 f"{state_path} was saved by a run of {state['steps']} steps, this run asks for {steps}: "
@@ -128,7 +138,7 @@ def train_mae(
     rows: list[dict[str, Any]] = _read_log(log_path, step)
 
     def save_state() -> None:
-        atomic_torch_save(
+        save_tree(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -140,6 +150,7 @@ def train_mae(
                 "mae_config": model.config.to_dict(),
             },
             state_path,
+            STATE_FORMAT,
         )
         _write_log(log_path, rows)
 
@@ -212,6 +223,7 @@ def run_pretraining(cfg: DictConfig) -> Path:
         seed=int(cfg.train.seed),
         ckpt_every=int(cfg.train.ckpt_every),
         log_every=int(cfg.train.log_every),
+        trust_pickle=bool(cfg.train.get("trust_pickle", False)),
     )
     meta = {
         "recipe": "MAE (75% mask, norm-pix loss, fixed 2-D sin-cos pos-embed), s2_policy.pretrain",

@@ -1,8 +1,9 @@
 """Head trainer on cached features: AdamW, warmup + cosine schedule, EMA, clipping, checkpoints, resume, DDP.
 
 Resume is exact: ``checkpoints/latest.pt`` holds the trainable weights, optimiser, LR scheduler, EMA, every
-RNG state and the step; the batch order is a pure function of ``(seed, step)``, so a run killed at any
-moment and restarted continues as if it had never stopped (from the last checkpoint).
+RNG state and the step (a safetensors file with JSON metadata, docs/checkpoints.md: nothing is unpickled);
+the batch order is a pure function of ``(seed, step)``, so a run killed at any moment and restarted
+continues as if it had never stopped (from the last checkpoint).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from s2_policy.atomic import atomic_torch_save
 from s2_policy.policies.policy import Policy
+from s2_policy.serialization import load_tree, save_tree
 
 log = logging.getLogger(__name__)
 
 RolloutFn = Callable[[Policy, int], Mapping[str, Any]]
+RESUME_FORMAT = "s2_policy.train_state/1"
 
 
 @dataclass
@@ -58,6 +60,7 @@ class TrainConfig:
     device: str = "cpu"
     resume: bool = True
     progress: bool = True
+    trust_pickle: bool = False         # resume from an old pickled latest.pt (unpickling can run code)
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> TrainConfig:
@@ -197,7 +200,7 @@ class Trainer:
     def save_latest(self) -> None:
         """Atomic resume checkpoint (rank 0 writes; all ranks wait)."""
         if self.is_main:
-            atomic_torch_save(self.state_dict(), self.ckpt_dir / "latest.pt")
+            save_tree(self.state_dict(), self.ckpt_dir / "latest.pt", RESUME_FORMAT)
         if self.distributed:
             dist.barrier()
 
@@ -206,7 +209,8 @@ class Trainer:
         path = self.ckpt_dir / "latest.pt"
         if not path.is_file():
             return False
-        st = torch.load(path, map_location="cpu", weights_only=False)
+        st = load_tree(path, RESUME_FORMAT, what="training resume state", trust_pickle=self.cfg.trust_pickle,
+                       opt_in="+train.trust_pickle=true (TrainConfig.trust_pickle)")
         self.core.load_state_dict(st["core"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.lr_scheduler.load_state_dict(st["lr_scheduler"])
