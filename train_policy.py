@@ -7,7 +7,8 @@ normaliser and train the head on cached features; evaluate the full policy (enco
 seeds; print the success rate with its Wilson 95 % interval and write ``result.json``. Config:
 ``configs/config.yaml`` (groups task, encoder, s2, policy, train). Sweeps:
 ``python train_policy.py -m s2=single,s2 seed=0,1,2`` (joblib launcher: add ``hydra/launcher=joblib``).
-Multi-process: ``torchrun --nproc_per_node=N train_policy.py`` (rank 0 collects, caches and evaluates).
+Multi-process: ``torchrun --nproc_per_node=N train_policy.py`` (rank 0 collects and evaluates; every rank
+encodes a shard of the feature cache and trains with DDP).
 """
 
 from __future__ import annotations

@@ -96,10 +96,18 @@ def save_tree(tree: Mapping[str, Any], path: str | os.PathLike, fmt: str) -> Pat
 
 
 def is_pickle(path: str | os.PathLike) -> bool:
-    """True if ``path`` starts like a ``torch.save`` file (zip archive) or a bare pickle."""
+    """True if ``path`` starts like a ``torch.save`` file (zip archive) or a bare pickle (protocol >= 2).
+
+    A safetensors file starts with its header length (8 bytes, little-endian) then ``{``; its first byte can
+    be 0x80 like a pickle's, so that layout is recognised first.
+    """
     with open(path, "rb") as f:
-        head = f.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _HEADER_LIMIT:
+        return False
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 def _check_header(path: Path, what: str) -> None:

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from s2_policy.data.feature_cache import FeatureCache, ensure_feature_cache
+from s2_policy.encoders import EncoderConfig, build_encoder
 from s2_policy.evaluation.compare import compare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,3 +72,24 @@ def test_joblib_multirun_sends_the_job_to_workers(tmp_path):
     results = sorted(sweep.glob("*/result.json"))
     assert len(results) == 2, list(sweep.iterdir())
     assert {json.loads(r.read_text())["seed"] for r in results} == {0, 1}
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_to_end(tmp_path):
+    """`torchrun --nproc_per_node=2 train_policy.py` (gloo on CPU): both ranks encode a shard of the feature
+    cache, train with DDP, rank 0 evaluates; the assembled cache equals a single-process build."""
+    run_dir, store = tmp_path / "run", tmp_path / "pick.zarr"
+    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train_policy.py"),
+          f"task.demos.path={store}", "task.demos.n_episodes=2", *SMALL, "s2=single", "train=smoke",
+          "train.steps=4", "eval.n_episodes=1", "eval.n_videos=0", "eval.profile_encoder=false",
+          "collect.n_workers=0", "cache.batch_size=8", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["train"]["steps"] == 4 and result["rollout"]["n_episodes"] == 1
+    caches = list((tmp_path / "pick.zarr.features").iterdir())
+    assert [c.suffix for c in caches] == [".zarr"], caches   # one finished cache, no shards or partials left
+    sharded = FeatureCache(caches[0])
+    enc = build_encoder(EncoderConfig.from_dict({**result["config"]["encoder"], **result["config"]["s2"]}))
+    single = ensure_feature_cache(store, enc, ["front", "wrist"], batch_size=8, cache_dir=tmp_path / "single",
+                                  progress=False)
+    for cam in ("front", "wrist"):
+        np.testing.assert_array_equal(sharded.get(cam), single.get(cam))

@@ -186,3 +186,11 @@ def test_config_mistakes_fail_at_once(tmp_path):
         assert res.returncode != 0 and needle in res.stderr, (override, res.stderr[-1500:])
         assert "Traceback" not in res.stderr, (override, res.stderr[-1500:])
         assert not (tmp_path / "never.zarr").exists()
+
+
+def test_evaluate_with_a_mistyped_task_fails(tmp_path):
+    """`evaluate task=<typo>` must not fall back to the checkpoint's own task."""
+    cmd = [sys.executable, "-m", "s2_policy.jobs.evaluate", f"checkpoint={tmp_path / 'policy.pt'}",
+           "task=pick_cub", f"hydra.run.dir={tmp_path / 'run'}"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "Could not find 'task/pick_cub'" in res.stderr

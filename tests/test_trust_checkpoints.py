@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from s2_policy.policies import LinearNormalizer, Policy
 from s2_policy.pretrain.data import FrameSampler
 from s2_policy.pretrain.mae import MAEConfig, MaskedAutoencoder
 from s2_policy.pretrain.train import STATE_FILE, train_mae
-from s2_policy.serialization import CheckpointError, load_tree, save_tree
+from s2_policy.serialization import CheckpointError, is_pickle, load_tree, save_tree
 from s2_policy.training.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,3 +192,15 @@ def test_encoder_checkpoint_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="trust_checkpoint=True"):
         read_state_dict(tmp_path / "evil.pth")
     assert not sentinel.exists()
+
+
+def test_safetensors_header_starting_like_a_pickle_is_not_a_pickle(tmp_path):
+    """A safetensors header length whose low byte is 0x80 (a pickle's first byte) must still load."""
+    path = tmp_path / "x.safetensors"
+    header = b'{"__metadata__":{"k":"' + b"v" * 200 + b'"}}'
+    header += b" " * (0x280 - len(header))          # header length 0x280: starts b"\x80\x02", like pickle 2
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert path.read_bytes()[:2] == b"\x80\x02" and not is_pickle(path)
+    pickled = tmp_path / "p.pt"
+    pickled.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    assert is_pickle(pickled)

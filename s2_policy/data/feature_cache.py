@@ -24,11 +24,13 @@ Each chunk carries a crc32c checksum and every chunk is written, so a corrupt or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from typing import Any
 import filelock
 import numpy as np
 import torch
+import torch.distributed as dist
 import zarr
 import zarr.codecs
 from tqdm.auto import tqdm
@@ -153,6 +156,8 @@ def ensure_feature_cache(
     progress: bool = True,
     fingerprint: str | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    rank: int = 0,
+    world: int = 1,
 ) -> FeatureCache:
     """Return the feature cache of ``store_path`` for ``encoder``; encode (or finish encoding) it if needed.
 
@@ -160,7 +165,13 @@ def ensure_feature_cache(
     taking uint8 (B, H, W, 3) tensors and returning (B, K, out_dim). ``fingerprint`` defaults to
     ``s2_policy.encoders.fingerprint(encoder)``. ``cache_dir`` defaults to ``<store_path>.features/``.
     Another process building the same cache is waited for at most ``lock_timeout_s`` (then TimeoutError).
+
+    With ``world > 1`` (DDP: every rank calls this with its ``rank``; ``torch.distributed`` initialised) each
+    rank encodes one chunk-aligned shard of the frames into its own partial store, and rank 0 assembles the
+    shards into the cache; all ranks return it.
     """
+    if not 0 <= rank < world:
+        raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
     cameras = list(cameras)
     if not cameras:
         raise ValueError("ensure_feature_cache needs at least one camera name")
@@ -183,32 +194,74 @@ def ensure_feature_cache(
     final = cache_dir / f"{key}.zarr"
     if final.exists():
         return FeatureCache(final)
+    ident = {"key": key, "fingerprint": fingerprint, "store_id": store_id}
+    if world > 1:
+        shards = [_shard_range(store.n_frames, r, world, batch_size) for r in range(world)]
+        _encode_into(cache_dir / f"{key}.shard{rank}of{world}.partial", store, encoder, cameras, batch_size,
+                     progress and rank == 0, ident, shards[rank])
+        dist.barrier()
+        if rank == 0:
+            with _cache_lock(cache_dir, key, final, lock_timeout_s):
+                if not final.exists():
+                    _assemble(cache_dir, key, world, shards, store, cameras, batch_size, final)
+        dist.barrier()
+        return FeatureCache(final)
+    with _cache_lock(cache_dir, key, final, lock_timeout_s):
+        if not final.exists():
+            partial = cache_dir / f"{key}.zarr.partial"
+            _encode_into(partial, store, encoder, cameras, batch_size, progress, ident)
+            os.replace(partial, final)
+    return FeatureCache(final)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache_dir: Path, key: str, final: Path, timeout_s: float) -> Iterator[None]:
+    """Hold the cache's inter-process lock (bounded wait), and remove the lock file afterwards."""
     lock = filelock.FileLock(cache_dir / f"{key}.lock")
     try:
-        lock.acquire(timeout=lock_timeout_s)  # another process may be writing the same cache
+        lock.acquire(timeout=timeout_s)  # another process may be writing the same cache
     except filelock.Timeout:
         raise TimeoutError(
-            f"another process has been building the feature cache {final} for more than {lock_timeout_s:g} s "
+            f"another process has been building the feature cache {final} for more than {timeout_s:g} s "
             f"(lock {lock.lock_file}); wait for it, or pass a larger lock_timeout_s"
         ) from None
     try:
-        if not final.exists():
-            partial = cache_dir / f"{key}.zarr.partial"
-            _encode_into(
-                partial,
-                store,
-                encoder,
-                cameras,
-                batch_size,
-                progress,
-                {"key": key, "fingerprint": fingerprint, "store_id": store_id},
-            )
-            os.replace(partial, final)
+        yield
     finally:
         lock.release()
     # Safe to remove: a process that still waits on the old file re-checks `final` once it holds it.
     (cache_dir / f"{key}.lock").unlink(missing_ok=True)
-    return FeatureCache(final)
+
+
+def _shard_range(n: int, rank: int, world: int, batch_size: int) -> range:
+    """Rank ``rank``'s frames: contiguous, a whole number of ``batch_size`` chunks (the last one shorter)."""
+    per = math.ceil(math.ceil(n / world) / batch_size) * batch_size
+    return range(min(rank * per, n), min((rank + 1) * per, n))
+
+
+def _assemble(cache_dir: Path, key: str, world: int, shards: list[range], store: ReplayStore,
+              cameras: list[str], batch_size: int, final: Path) -> None:
+    """Copy the ranks' shard stores into one cache (same layout and checksums as a single-process build)."""
+    parts = [zarr.open_group(zarr.storage.LocalStore(cache_dir / f"{key}.shard{r}of{world}.partial"),
+                             mode="r") for r in range(world)]
+    full = [p for p, rng in zip(parts, shards, strict=True) if len(rng)]
+    partial = cache_dir / f"{key}.zarr.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    root = zarr.open_group(zarr.storage.LocalStore(partial), mode="w")
+    root.attrs.update({**dict(full[0].attrs), "n_done": store.n_frames, "frames": [0, store.n_frames]})
+    for c in cameras:
+        shape = full[0][c].shape[1:]
+        out = root.create_array(c, shape=(store.n_frames, *shape), chunks=(batch_size, *shape),
+                                dtype="float32", compressors=checksum_codecs(zarr.codecs.ZstdCodec()))
+        for part, rng in zip(parts, shards, strict=True):
+            for i in range(0, len(rng), batch_size * 16):
+                j = min(i + batch_size * 16, len(rng))
+                out[rng.start + i : rng.start + j] = part[c][i:j]
+    root.attrs["complete"] = True
+    os.replace(partial, final)
+    for r in range(world):
+        shutil.rmtree(cache_dir / f"{key}.shard{r}of{world}.partial", ignore_errors=True)
 
 
 def _encode_into(
@@ -219,13 +272,16 @@ def _encode_into(
     batch_size: int,
     progress: bool,
     ident: dict[str, str],
+    frames: range | None = None,
 ) -> None:
-    """Encode frames [n_done, N) of every camera into ``partial`` (created or resumed).
+    """Encode frames ``frames`` (default: all) of every camera into ``partial`` (created or resumed; its
+    arrays hold ``len(frames)`` rows, row ``t`` = store frame ``frames.start + t``).
 
     Per-frame feature arrays are created from the first batch's output: (out_dim,) for pooled encoders,
     (tokens, out_dim) for ``pooling="tokens"``. The next batch's frames are read while this one encodes.
     """
-    n, out_dim = store.n_frames, int(encoder.out_dim)
+    frames = frames if frames is not None else range(store.n_frames)
+    lo, n, out_dim = frames.start, len(frames), int(encoder.out_dim)
     root = None
     if partial.exists():
         try:
@@ -241,7 +297,8 @@ def _encode_into(
             root = None
     if root is None:
         root = zarr.open_group(zarr.storage.LocalStore(partial), mode="w")
-        meta = {"cameras": cameras, "out_dim": out_dim, "n_done": 0, "complete": False, "checksum": CHECKSUM}
+        meta = {"cameras": cameras, "out_dim": out_dim, "n_done": 0, "complete": False, "checksum": CHECKSUM,
+                "frames": [frames.start, frames.stop]}
         root.attrs.update(
             {**ident, **meta, "episode_ends": store.episode_ends.tolist(), "store_path": str(store.path)}
         )
@@ -250,7 +307,7 @@ def _encode_into(
     arrays = [store[c] for c in cameras]
 
     def read(i: int) -> list[np.ndarray]:
-        return [np.ascontiguousarray(a[i : min(i + batch_size, n)]) for a in arrays]
+        return [np.ascontiguousarray(a[lo + i : lo + min(i + batch_size, n)]) for a in arrays]
 
     was_training = encoder.training
     encoder.eval()

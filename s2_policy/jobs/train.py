@@ -97,8 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if task.demos.source == "store":
         check_demo_store(task)
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -115,14 +114,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _barrier()
     timings["collect_s"] = time.perf_counter() - t
 
-    # 2. frozen encoder + feature cache (over the store's camera arrays)
+    # 2. frozen encoder + feature cache (over the store's camera arrays; with DDP every rank encodes a shard)
     t = time.perf_counter()
     store_keys = [task.store_key(c) for c in task.camera_names]
-    if rank == 0:
-        ensure_feature_cache(store_path, encoder, store_keys, batch_size=cfg.cache.batch_size)
-    _barrier()
+    world = dist.get_world_size() if dist.is_initialized() else 1
     cache = ensure_feature_cache(store_path, encoder, store_keys, batch_size=cfg.cache.batch_size,
-                                 progress=False)
+                                 rank=rank, world=world)
     timings["feature_cache_s"] = time.perf_counter() - t
 
     # 3. data, normaliser, policy
