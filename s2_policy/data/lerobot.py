@@ -23,13 +23,13 @@ into place when complete; rerunning after an interruption continues from the las
 
 Export writes a v3.0 folder that LeRobot's loader reads: the same ``info.json`` schema, episode and data
 parquet files, ``stats.json`` and one mp4 per camera holding many episodes, encoded like LeRobot's own
-writer by default (AV1 with libsvtav1, yuv420p, a keyframe every 2 frames, crf 30). It is built beside the
-target and renamed into place.
+writer by default (AV1 with libsvtav1, yuv420p, a keyframe every 2 frames; crf 23 where LeRobot uses 30).
+It is built beside the target and renamed into place.
 
 Usage::
 
     python -m s2_policy.data.lerobot import SRC_DIR OUT.zarr
-    python -m s2_policy.data.lerobot export STORE OUT_DIR [--task "pick the cube"] [--crf 30]
+    python -m s2_policy.data.lerobot export STORE OUT_DIR [--task "pick the cube"] [--crf 23]
 """
 
 from __future__ import annotations
@@ -323,9 +323,9 @@ class _VideoCursor:
         if err.max() > tol:
             bad = int(err.argmax())
             raise ValueError(
-                f"{path}: frame {bad} of {self.key!r} wants t={timestamps[bad]:.4f} s but the nearest decoded "
-                f"frame is at {loaded[nearest[bad]]:.4f} s (more than tolerance_s={tol} away); the timestamps "
-                "and the video disagree (raise --tolerance-s only if you accept nearest frames)"
+                f"{path}: frame {bad} of {self.key!r} wants t={timestamps[bad]:.4f} s but the nearest "
+                f"decoded frame is at {loaded[nearest[bad]]:.4f} s (more than tolerance_s={tol} away); the "
+                "timestamps and the video disagree (raise --tolerance-s only if you accept nearest frames)"
             )
         out = np.stack([got[i] for i in nearest])
         if out.shape[1:] != self.shape:
@@ -545,7 +545,8 @@ class ExportOptions:
     Args:
         vcodec: encoder name for PyAV. ``libsvtav1`` (AV1, LeRobot's default) or ``libx264``/``h264`` (H.264);
             both are read by LeRobot's torchcodec and PyAV decoders.
-        crf: constant rate factor (lower = better quality, bigger files); LeRobot's default is 30.
+        crf: constant rate factor (lower = better quality, bigger files). 23 keeps 96 px sim renders above
+            35 dB PSNR (LeRobot's own default, 30, gives 35.5/34.9 dB; BENCHMARKS.md, "LeRobot").
         gop: keyframe interval in frames (LeRobot writes 2 so that any frame decodes fast).
         pix_fmt: pixel format of the video stream (yuv420p: what LeRobot writes and every player reads).
         chunks_size: files per chunk folder (LeRobot: 1000).
@@ -554,7 +555,7 @@ class ExportOptions:
     """
 
     vcodec: str = "libsvtav1"
-    crf: int = 30
+    crf: int = 23
     gop: int = 2
     pix_fmt: str = "yuv420p"
     chunks_size: int = 1000
@@ -742,6 +743,7 @@ def export_lerobot(
     default: the store's ``env_id``). ``fps`` defaults to the store's ``fps`` or ``control_hz`` attribute.
     """
     opts = options or ExportOptions()
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file unless told to log errors only
     store = ReplayStore.open(store_path, mode="r")
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -756,10 +758,11 @@ def export_lerobot(
         )
     fps = int(fps)
     cameras = store.image_keys()
-    lowdim = [k for k in store.keys() if k not in cameras]
+    keys = store.keys()
+    lowdim = [k for k in keys if k not in cameras]
     names = (a.get("lerobot") or {}).get("keys") or {}
     old_features = (a.get("lerobot") or {}).get("features") or {}
-    lr = {k: names.get(k) or lerobot_key(k, k in cameras) for k in store.keys()}
+    lr = {k: names.get(k) or lerobot_key(k, k in cameras) for k in keys}
     if "task_index" in store and a.get("tasks"):
         tasks: list[str] = list(a["tasks"])
     else:
@@ -789,6 +792,7 @@ def export_lerobot(
     writers = {k: _VideoWriter(tmp, lr[k], fps, store[k].shape[1:3], opts) for k in cameras}
     image_stats = {k: _ImageStats() for k in cameras}
     ep_rows: list[dict[str, Any]] = []
+    all_values: dict[str, list[np.ndarray]] = {}  # low-dim columns, for the dataset statistics
     data_tables: list[pa.Table] = []
     data_chunk, data_file, data_bytes = 0, 0, 0
     try:
@@ -805,18 +809,17 @@ def export_lerobot(
                 raise ValueError(
                     f"episode {e}: task_index outside 0..{len(tasks) - 1} (the 'tasks' attribute)"
                 )
-            cols = {
-                lr[k]: _arrow_column(ep[k], features[lr[k]]["shape"]) for k in lowdim if k != "task_index"
-            }
-            cols.update(
+            values = {lr[k]: ep[k] for k in lowdim if k != "task_index"}
+            values.update(
                 {
-                    "timestamp": pa.array((np.arange(n) / fps).astype(np.float32)),
-                    "frame_index": pa.array(np.arange(n, dtype=np.int64)),
-                    "episode_index": pa.array(np.full(n, e, np.int64)),
-                    "index": pa.array(np.arange(sl.start, sl.stop, dtype=np.int64)),
-                    "task_index": pa.array(task_index),
+                    "timestamp": (np.arange(n) / fps).astype(np.float32),
+                    "frame_index": np.arange(n, dtype=np.int64),
+                    "episode_index": np.full(n, e, np.int64),
+                    "index": np.arange(sl.start, sl.stop, dtype=np.int64),
+                    "task_index": task_index,
                 }
             )
+            cols = {name: _arrow_column(v, features[name]["shape"]) for name, v in values.items()}
             table = pa.table(cols)
             if data_tables and data_bytes + table.nbytes >= opts.data_files_size_in_mb * 2**20:
                 _write_data(tmp, data_chunk, data_file, data_tables)
@@ -840,9 +843,10 @@ def export_lerobot(
                 st.update(ep[k])
                 for s, v in st.result(n).items():
                     row[f"stats/{lr[k]}/{s}"] = v.reshape(-1).tolist() if s != "count" else v.tolist()
-            for k in lowdim:
-                for s, v in _lowdim_stats(ep[k]).items():
-                    row[f"stats/{lr[k]}/{s}"] = v.tolist()
+            for name, v in values.items():
+                all_values.setdefault(name, []).append(v)
+                for s, st in _lowdim_stats(v).items():
+                    row[f"stats/{name}/{s}"] = st.tolist()
             row["meta/episodes/chunk_index"] = 0
             row["meta/episodes/file_index"] = 0
             ep_rows.append(row)
@@ -855,11 +859,10 @@ def export_lerobot(
             )
         _write_parquet(tmp / EPISODES_PATH.format(chunk_index=0, file_index=0), pa.Table.from_pylist(ep_rows))
         _write_parquet(tmp / "meta" / "tasks.parquet", _tasks_table(tasks))
-        stats: dict[str, Any] = {}
-        for k in lowdim:
-            stats[lr[k]] = {
-                s: v.tolist() for s, v in _lowdim_stats(np.asarray(store[k][: store.n_frames])).items()
-            }
+        stats: dict[str, Any] = {
+            name: {s: v.tolist() for s, v in _lowdim_stats(np.concatenate(vs)).items()}
+            for name, vs in all_values.items()
+        }
         for k in cameras:
             stats[lr[k]] = {s: v.tolist() for s, v in image_stats[k].result(store.n_frames).items()}
         atomic_write_json(tmp / "meta" / "stats.json", stats)
@@ -942,14 +945,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m s2_policy.data.lerobot",
         description="Convert between LeRobotDataset v3.0 folders and zarr replay stores.",
-        epilog="Key mapping: observation.images.<cam> <-> <cam>, observation.state <-> state, action <-> action.",
+        epilog="Key mapping: observation.images.<cam> <-> <cam>, observation.state <-> state, "
+        "action <-> action; other observation.<x> <-> <x>.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     pi = sub.add_parser(
         "import",
         help="LeRobotDataset v3.0 folder -> zarr store",
-        description="Import a local LeRobotDataset v3.0 folder into a zarr replay store (resumable: rerun the "
-        "same command after an interruption).",
+        description="Import a local LeRobotDataset v3.0 folder into a zarr replay store (resumable: rerun "
+        "the same command after an interruption).",
     )
     pi.add_argument("src", type=Path, help="LeRobotDataset folder (holds meta/info.json)")
     pi.add_argument("out", type=Path, help="output store directory, e.g. datasets/pusht.zarr")
@@ -974,7 +978,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pe.add_argument(
         "--vcodec", default="libsvtav1", help="video encoder: libsvtav1 (AV1, default) or libx264"
     )
-    pe.add_argument("--crf", type=int, default=30, help="video quality, lower is better (default 30)")
+    pe.add_argument("--crf", type=int, default=23, help="video quality, lower is better (default 23)")
     pe.add_argument("--gop", type=int, default=2, help="keyframe interval in frames (default 2)")
     pe.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)
