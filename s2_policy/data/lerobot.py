@@ -234,9 +234,7 @@ def _column_array(col: pa.ChunkedArray | pa.Array, n: int, shape: Sequence[int],
     ):
         arr = arr.flatten()
     values = arr.to_numpy(zero_copy_only=False)
-    want = (n, *[int(s) for s in shape])
-    if shape == [1] or list(shape) == [1]:
-        want = (n,) if values.size == n else want
+    want = (n,) if [int(s) for s in shape] == [1] else (n, *[int(s) for s in shape])
     if values.size != int(np.prod(want)):
         raise ValueError(
             f"data column {key!r} holds {values.size} values for {n} frames, but its feature shape is "
@@ -472,7 +470,7 @@ def import_lerobot(
         for k in videos
     }
     rows = episodes.to_pylist()
-    data_file: tuple[Path, pa.Table] | None = None
+    data_file: _DataFile | None = None
     try:
         for ep in tqdm(
             rows[store.n_episodes :], desc="LeRobot -> zarr", unit="episode", disable=not progress
@@ -481,12 +479,9 @@ def import_lerobot(
             path = src / info.data_path.format(
                 chunk_index=int(ep["data/chunk_index"]), file_index=int(ep["data/file_index"])
             )
-            if data_file is None or data_file[0] != path:
-                if not path.exists():
-                    raise ValueError(f"missing data file {path} for episode {e}; the dataset is incomplete")
-                data_file = (path, pq.read_table(path))
-            table = data_file[1].filter(pc.equal(data_file[1].column("episode_index"), e))
-            table = table.sort_by("frame_index")
+            if data_file is None or data_file.path != path:
+                data_file = _DataFile(path, e)
+            table = data_file.episode(e)
             if table.num_rows != n:
                 raise ValueError(
                     f"{path}: episode {e} has {table.num_rows} rows but meta/episodes says length {n}"
@@ -519,6 +514,32 @@ def import_lerobot(
             c.close()
     os.replace(partial, out)
     return ReplayStore.open(out, mode="r")
+
+
+class _DataFile:
+    """One data parquet file, read whole, with each episode's row range found once."""
+
+    def __init__(self, path: Path, episode: int) -> None:
+        if not path.exists():
+            raise ValueError(f"missing data file {path} for episode {episode}; the dataset is incomplete")
+        self.path, self.table = path, pq.read_table(path)
+        for col in ("episode_index", "frame_index", "timestamp"):
+            if col not in self.table.column_names:
+                raise ValueError(f"{path}: no {col!r} column; not a LeRobot data file")
+        eps = self.table.column("episode_index").to_numpy()
+        ids, first, counts = np.unique(eps, return_index=True, return_counts=True)
+        self.rows = {int(i): (int(f), int(c)) for i, f, c in zip(ids, first, counts, strict=True)}
+
+    def episode(self, e: int) -> pa.Table:
+        """The rows of episode ``e`` in frame order (LeRobot writes them contiguous; others are gathered)."""
+        first, count = self.rows.get(e, (0, 0))
+        table = self.table.slice(first, count)
+        if not pc.all(pc.equal(table.column("episode_index"), e)).as_py():
+            table = self.table.filter(pc.equal(self.table.column("episode_index"), e))
+        frames = table.column("frame_index").to_numpy()
+        if np.any(np.diff(frames) < 0):
+            table = table.sort_by("frame_index")
+        return table
 
 
 def _decode_images(col: pa.ChunkedArray, key: str, path: Path) -> np.ndarray:
