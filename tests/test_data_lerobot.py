@@ -20,6 +20,7 @@ from s2_policy.data.lerobot import ExportOptions, export_lerobot, import_lerobot
 from s2_policy.data.store import ReplayStore  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lerobot_v3"
+FIXTURE_V21 = Path(__file__).parent / "fixtures" / "lerobot_v21"  # the same content, written by LeRobot 0.3.3
 # What tests/fixtures/make_lerobot_fixture.py wrote (recomputed here, independently of the files).
 LENGTHS = [12, 7, 15]
 TASKS = ["pick the red cube", "push the green cube"]
@@ -50,8 +51,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
-def test_import_fixture_written_by_lerobot(tmp_path: Path) -> None:
-    store = import_lerobot(FIXTURE, tmp_path / "fx.zarr", progress=False)
+@pytest.mark.parametrize("src", [FIXTURE, FIXTURE_V21], ids=["v3.0", "v2.1"])
+def test_import_fixture_written_by_lerobot(tmp_path: Path, src: Path) -> None:
+    store = import_lerobot(src, tmp_path / "fx.zarr", progress=False)
     assert store.n_episodes == 3 and list(store.episode_lengths) == LENGTHS
     assert store.keys() == ["action", "front", "state", "task_index", "wrist"]
     a = store.attrs
@@ -59,6 +61,8 @@ def test_import_fixture_written_by_lerobot(tmp_path: Path) -> None:
     assert a["cameras"] == ["front", "wrist"] and a["tasks"] == TASKS
     assert a["lerobot"]["keys"]["state"] == "observation.state"
     assert a["lerobot"]["features"]["observation.state"]["names"] == ["a", "b", "c", "d"]
+    assert a["lerobot"]["codebase_version"] == ("v2.1" if src == FIXTURE_V21 else "v3.0")
+    assert a["episode_tasks"] == [[TASKS[i]] for i in EPISODE_TASK]
     assert store["front"].dtype == np.uint8 and store["front"].shape[1:] == (48, 64, 3)
     for ep, n in enumerate(LENGTHS):
         got = store.get_episode(ep)
@@ -231,11 +235,11 @@ def copy_fixture(tmp_path: Path, edit_info=None) -> Path:
 
 
 def test_import_errors(tmp_path: Path) -> None:
-    def v21(info: dict) -> None:
-        info["codebase_version"] = "v2.1"
+    def v16(info: dict) -> None:
+        info["codebase_version"] = "v1.6"
 
-    with pytest.raises(ValueError, match=r"'v2.1' is not supported.*convert_dataset_v21_to_v30"):
-        import_lerobot(copy_fixture(tmp_path / "a", v21), tmp_path / "o.zarr")
+    with pytest.raises(ValueError, match=r"'v1.6' is not supported; this importer reads v3.0, v2.1, v2.0"):
+        import_lerobot(copy_fixture(tmp_path / "a", v16), tmp_path / "o.zarr")
 
     def strange_codec(info: dict) -> None:
         info["features"]["observation.images.wrist"]["info"]["video.codec"] = "nosuchcodec"

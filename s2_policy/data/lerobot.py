@@ -9,6 +9,9 @@ A LeRobotDataset v3.0 folder (the format of LeRobot >= 0.4)::
     data/chunk-000/file-000.parquet         one row per frame, many episodes per file
     videos/<video key>/chunk-000/file-000.mp4  many episodes per file, one after the other in time
 
+v2.1 and v2.0 folders (LeRobot 0.1-0.3: ``meta/episodes.jsonl``, ``meta/tasks.jsonl``, one parquet and one
+mp4 per episode) are imported too; export always writes v3.0.
+
 Key mapping (store <- LeRobot): ``observation.images.<cam>`` -> ``<cam>`` (uint8 HWC frames),
 ``observation.state`` -> ``state``, ``action`` -> ``action``, ``task_index`` -> ``task_index``, any other
 ``observation.<x>`` -> ``<x>``, any other feature -> its name with dots replaced by underscores. The
@@ -69,6 +72,8 @@ __all__ = [
 ]
 
 CODEBASE_VERSION = "v3.0"
+# v2.x (LeRobot 0.1-0.3): one parquet and one mp4 per episode, meta/episodes.jsonl and meta/tasks.jsonl.
+READ_VERSIONS = ("v3.0", "v2.1", "v2.0")
 IMAGE_PREFIX = "observation.images."
 # Per-frame columns every LeRobot dataset has; only task_index is kept in the store.
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -161,15 +166,10 @@ def read_info(root: str | os.PathLike) -> LeRobotInfo:
         raise ValueError(f"{root}: no meta/info.json: not a LeRobotDataset folder{hint}")
     raw = json.loads(path.read_text())
     version = raw.get("codebase_version")
-    if version != CODEBASE_VERSION:
-        fix = (
-            "convert it first with LeRobot's `python -m lerobot.datasets.v30.convert_dataset_v21_to_v30`"
-            if isinstance(version, str) and version.startswith("v2")
-            else "re-export it with a LeRobot release that writes v3.0"
-        )
+    if version not in READ_VERSIONS:
         raise ValueError(
             f"{path}: codebase_version {version!r} is not supported; this importer reads "
-            f"{CODEBASE_VERSION!r} (LeRobot >= 0.4); {fix}"
+            f"{', '.join(READ_VERSIONS)} (convert older datasets with LeRobot's conversion scripts first)"
         )
     missing = [k for k in ("fps", "features", "data_path") if k not in raw]
     if missing:
@@ -198,28 +198,116 @@ def _read_parquet_dir(directory: Path, what: str) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 
-def _read_tasks(root: Path) -> list[str]:
-    """Task strings ordered by task_index (``meta/tasks.parquet`` keeps the string as the pandas index)."""
-    path = root / "meta" / "tasks.parquet"
-    if not path.exists():
-        return []
-    t = pq.read_table(path)
-    if "task_index" not in t.column_names:
-        raise ValueError(f"{path}: no task_index column (columns: {t.column_names})")
-    names = [
-        c
-        for c in t.column_names
-        if c != "task_index"
-        and (pa.types.is_string(t.schema.field(c).type) or pa.types.is_large_string(t.schema.field(c).type))
-    ]
-    if not names:
-        raise ValueError(f"{path}: no string column holding the task text (columns: {t.column_names})")
-    index = t.column("task_index").to_pylist()
-    text = t.column(names[0]).to_pylist()
+def _read_tasks(root: Path, version: str) -> list[str]:
+    """Task strings ordered by task_index: ``meta/tasks.parquet`` (v3.0, the text is the pandas index) or
+    ``meta/tasks.jsonl`` (v2.x)."""
+    if version.startswith("v2"):
+        path = root / "meta" / "tasks.jsonl"
+        rows = (
+            [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.exists()
+            else []
+        )
+        index, text = [int(r["task_index"]) for r in rows], [str(r["task"]) for r in rows]
+    else:
+        path = root / "meta" / "tasks.parquet"
+        if not path.exists():
+            return []
+        t = pq.read_table(path)
+        if "task_index" not in t.column_names:
+            raise ValueError(f"{path}: no task_index column (columns: {t.column_names})")
+        names = [
+            c
+            for c in t.column_names
+            if c != "task_index"
+            and (
+                pa.types.is_string(t.schema.field(c).type) or pa.types.is_large_string(t.schema.field(c).type)
+            )
+        ]
+        if not names:
+            raise ValueError(f"{path}: no string column holding the task text (columns: {t.column_names})")
+        index, text = t.column("task_index").to_pylist(), t.column(names[0]).to_pylist()
     tasks = [""] * (max(index) + 1 if index else 0)
     for i, s in zip(index, text, strict=True):
         tasks[i] = s
     return tasks
+
+
+@dataclass(frozen=True)
+class _Episode:
+    """Where one episode's frames are: its data parquet file and, per video key, (mp4, start time in it)."""
+
+    index: int
+    length: int
+    tasks: list[str]
+    data_path: Path
+    videos: dict[str, tuple[Path, float]]
+
+
+def _read_episodes(info: LeRobotInfo, video_keys: list[str]) -> list[_Episode]:
+    """The episodes in index order, from ``meta/episodes/`` (v3.0) or ``meta/episodes.jsonl`` (v2.x)."""
+    root = info.root
+    if info.codebase_version.startswith("v2"):
+        path = root / "meta" / "episodes.jsonl"
+        if not path.exists():
+            raise ValueError(f"{path} is missing: the dataset has no episode metadata")
+        rows = sorted(
+            (json.loads(line) for line in path.read_text().splitlines() if line.strip()),
+            key=lambda r: r["episode_index"],
+        )
+        chunks = int(info.raw.get("chunks_size", 1000))
+        eps = []
+        for r in rows:
+            e = int(r["episode_index"])
+            loc = {"episode_chunk": e // chunks, "episode_index": e}
+            eps.append(
+                _Episode(
+                    index=e,
+                    length=int(r["length"]),
+                    tasks=list(r.get("tasks", [])),
+                    data_path=root / info.data_path.format(**loc),
+                    videos={k: (root / info.video_path.format(video_key=k, **loc), 0.0) for k in video_keys},
+                )
+            )
+    else:
+        table = _read_parquet_dir(root / "meta" / "episodes", "episode metadata (meta/episodes)")
+        cols = [c for c in table.column_names if not c.startswith("stats/")]
+        eps = []
+        for r in sorted(table.select(cols).to_pylist(), key=lambda r: r["episode_index"]):
+            missing = [
+                f"videos/{k}/from_timestamp" for k in video_keys if f"videos/{k}/from_timestamp" not in r
+            ]
+            if missing:
+                raise ValueError(
+                    f"{root}/meta/episodes: no columns {missing}; the episode metadata is incomplete"
+                )
+            eps.append(
+                _Episode(
+                    index=int(r["episode_index"]),
+                    length=int(r["length"]),
+                    tasks=list(r.get("tasks") or []),
+                    data_path=root
+                    / info.data_path.format(
+                        chunk_index=int(r["data/chunk_index"]), file_index=int(r["data/file_index"])
+                    ),
+                    videos={
+                        k: (
+                            root
+                            / info.video_path.format(
+                                video_key=k,
+                                chunk_index=int(r[f"videos/{k}/chunk_index"]),
+                                file_index=int(r[f"videos/{k}/file_index"]),
+                            ),
+                            float(r[f"videos/{k}/from_timestamp"]),
+                        )
+                        for k in video_keys
+                    },
+                )
+            )
+    got = [ep.index for ep in eps]
+    if got != list(range(len(got))):
+        raise ValueError(f"{root}: episode indices are not 0..{len(got) - 1} (got {got[:10]}...)")
+    return eps
 
 
 def _column_array(col: pa.ChunkedArray | pa.Array, n: int, shape: Sequence[int], key: str) -> np.ndarray:
@@ -390,13 +478,9 @@ def _hw3(shape: Sequence[int], names: Sequence[str] | None) -> tuple[int, int, i
     return shape[0], shape[1], 3
 
 
-def _source_id(info: LeRobotInfo, episodes: pa.Table, options: dict[str, Any]) -> str:
+def _source_id(info: LeRobotInfo, episodes: list[_Episode], options: dict[str, Any]) -> str:
     blob = json.dumps(
-        {
-            "info": info.raw,
-            "lengths": episodes.column("length").to_pylist(),
-            "options": options,
-        },
+        {"info": info.raw, "lengths": [ep.length for ep in episodes], "options": options},
         sort_keys=True,
         default=str,
     )
@@ -412,7 +496,7 @@ def import_lerobot(
     overwrite: bool = False,
     progress: bool = True,
 ) -> ReplayStore:
-    """Import the LeRobotDataset v3.0 folder ``src`` into a new store at ``out`` (returned read-only).
+    """Import the LeRobotDataset folder ``src`` (v3.0, or v2.1/v2.0) into a new store at ``out`` (read-only).
 
     ``drop`` lists features to leave out; ``tolerance_s`` is how far (seconds) a decoded video frame may be
     from the timestamp it stands for (LeRobot's loader default: 1e-4).
@@ -426,12 +510,8 @@ def import_lerobot(
     videos, images, lowdim = _plan_features(info, drop)
     if videos and not info.video_path:
         raise ValueError(f"{src}/meta/info.json has video features {videos} but no video_path template")
-    episodes = _read_parquet_dir(src / "meta" / "episodes", "episode metadata (meta/episodes)")
-    episodes = episodes.sort_by("episode_index")
-    ep_index = episodes.column("episode_index").to_pylist()
-    if ep_index != list(range(len(ep_index))):
-        raise ValueError(f"{src}: episode indices are not 0..{len(ep_index) - 1} (got {ep_index[:10]}...)")
-    tasks = _read_tasks(src)
+    episodes = _read_episodes(info, videos)
+    tasks = _read_tasks(src, info.codebase_version)
     cameras = [store_key(k) for k in videos + images]
     keys = {store_key(k): k for k in videos + images + lowdim}
     options = {"drop": sorted(drop), "tolerance_s": tolerance_s}
@@ -445,9 +525,7 @@ def import_lerobot(
         "robot_type": info.robot_type,
         "cameras": cameras,
         "tasks": tasks,
-        "episode_tasks": [list(t) for t in episodes.column("tasks").to_pylist()]
-        if "tasks" in episodes.column_names
-        else [],
+        "episode_tasks": [ep.tasks for ep in episodes],
         "lerobot": {
             "codebase_version": info.codebase_version,
             "keys": keys,
@@ -469,16 +547,12 @@ def import_lerobot(
         k: _VideoCursor(k, _hw3(info.features[k]["shape"], info.features[k].get("names")), tolerance_s)
         for k in videos
     }
-    rows = episodes.to_pylist()
     data_file: _DataFile | None = None
     try:
         for ep in tqdm(
-            rows[store.n_episodes :], desc="LeRobot -> zarr", unit="episode", disable=not progress
+            episodes[store.n_episodes :], desc="LeRobot -> zarr", unit="episode", disable=not progress
         ):
-            e, n = int(ep["episode_index"]), int(ep["length"])
-            path = src / info.data_path.format(
-                chunk_index=int(ep["data/chunk_index"]), file_index=int(ep["data/file_index"])
-            )
+            e, n, path = ep.index, ep.length, ep.data_path
             if data_file is None or data_file.path != path:
                 data_file = _DataFile(path, e)
             table = data_file.episode(e)
@@ -500,12 +574,8 @@ def import_lerobot(
                 out_ep[store_key(k)] = arr
             ts = table.column("timestamp").to_numpy().astype(np.float64)
             for k in videos:
-                vpath = src / info.video_path.format(
-                    video_key=k,
-                    chunk_index=int(ep[f"videos/{k}/chunk_index"]),
-                    file_index=int(ep[f"videos/{k}/file_index"]),
-                )
-                out_ep[store_key(k)] = cursors[k].read(vpath, float(ep[f"videos/{k}/from_timestamp"]) + ts)
+                vpath, start = ep.videos[k]
+                out_ep[store_key(k)] = cursors[k].read(vpath, start + ts)
             for k in images:
                 out_ep[store_key(k)] = _decode_images(table.column(k), k, path)
             store.add_episode(out_ep)
