@@ -85,19 +85,9 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 NUMERIC_DTYPES = (
-    "float16",
-    "float32",
-    "float64",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "bool",
-)
+)  # fmt: skip
 CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
 DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
 VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
@@ -354,8 +344,8 @@ class _VideoCursor:
         self.key, self.shape, self.tolerance_s = key, shape, tolerance_s
         self.path: Path | None = None
         self.container: av.container.InputContainer | None = None
-        self.frames: Iterator[tuple[float, np.ndarray]] | None = None
-        self.pending: tuple[float, np.ndarray] | None = None
+        self.frames: Iterator[tuple[float, av.VideoFrame]] | None = None
+        self.pending: tuple[float, av.VideoFrame] | None = None
 
     def _open(self, path: Path, start_s: float) -> None:
         self.close()
@@ -371,10 +361,10 @@ class _VideoCursor:
             self.container.seek(max(0, int(start_s / stream.time_base) - 1), stream=stream, backward=True)
         self.path = path
 
-        def frames() -> Iterator[tuple[float, np.ndarray]]:
+        def frames() -> Iterator[tuple[float, av.VideoFrame]]:
             for fr in self.container.decode(stream):
                 if fr.pts is not None:
-                    yield float(fr.pts * stream.time_base), fr.to_ndarray(format="rgb24")
+                    yield float(fr.pts * stream.time_base), fr
 
         self.frames = frames()
         self.pending = None
@@ -391,13 +381,13 @@ class _VideoCursor:
             self.pending = None
             if item is None:
                 break
-            ts, img = item
+            ts, frame = item
             if ts > last + tol:
                 self.pending = item
                 break
-            if ts >= first - tol:
+            if ts >= first - tol:  # frames before it (from the keyframe a seek lands on) are not converted
                 got_ts.append(ts)
-                got.append(img)
+                got.append(frame.to_ndarray(format="rgb24"))
         if not got:
             raise ValueError(
                 f"{path}: no frame of {self.key!r} between {first:.4f} s and {last:.4f} s; the episode's "
@@ -437,7 +427,7 @@ def _plan_features(info: LeRobotInfo, drop: Sequence[str]) -> tuple[list[str], l
         )
     videos, images, lowdim = [], [], []
     for key, ft in info.features.items():
-        if key in drop or key in BOOKKEEPING and key != "task_index":
+        if key in drop or (key in BOOKKEEPING and key != "task_index"):
             continue
         dtype, shape = ft.get("dtype"), list(ft.get("shape", []))
         ft_info = ft.get("info") or {}
@@ -473,7 +463,7 @@ def _plan_features(info: LeRobotInfo, drop: Sequence[str]) -> tuple[list[str], l
 def _hw3(shape: Sequence[int], names: Sequence[str] | None) -> tuple[int, int, int]:
     """(H, W, 3) from a camera feature's shape, which LeRobot writes HWC (older exports: CHW)."""
     shape = [int(s) for s in shape]
-    if names and list(names)[:1] == ["channels"] or shape[0] == 3 and shape[-1] != 3:
+    if (names and list(names)[:1] == ["channels"]) or (shape[0] == 3 and shape[-1] != 3):
         return shape[1], shape[2], 3
     return shape[0], shape[1], 3
 
