@@ -275,7 +275,7 @@ def test_import_errors(tmp_path: Path) -> None:
         import_lerobot(src, tmp_path / "q.zarr", progress=False)
 
 
-def test_export_errors(tmp_path: Path) -> None:
+def test_export_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ReplayStore.create(tmp_path / "s.zarr", attrs={"cameras": ["cam"]})
     store.add_episode({"cam": np.zeros((3, 16, 16, 3), np.uint8), "action": np.zeros((3, 2), np.float32)})
     with pytest.raises(ValueError, match="no integer fps/control_hz"):
@@ -288,6 +288,23 @@ def test_export_errors(tmp_path: Path) -> None:
     info = json.loads((tmp_path / "out" / "meta" / "info.json").read_text())
     assert info["fps"] == 5 and set(info["features"]) >= {"observation.images.cam", "action", "task_index"}
     assert not list(tmp_path.glob(".out.exporting-*"))  # the build folder is gone
+
+    pose = ReplayStore.create(tmp_path / "pose.zarr", attrs={"control_hz": 5})
+    pose.add_episode({"pose": np.zeros((2, 2, 3), np.float32)})
+    with pytest.raises(ValueError, match="data/pose has per-frame shape \\[2, 3\\]"):
+        export_lerobot(pose.path, tmp_path / "o1", progress=False)
+    odd = ReplayStore.create(tmp_path / "odd.zarr", attrs={"control_hz": 5})
+    odd.add_episode({"cam": np.zeros((2, 15, 16, 3), np.uint8), "action": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match="'cam' is 15x16; yuv420p video needs even"):
+        export_lerobot(odd.path, tmp_path / "o1", progress=False)
+
+    def fail(self: object, frames: np.ndarray) -> dict:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(lr._VideoWriter, "add_episode", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_lerobot(tmp_path / "s.zarr", tmp_path / "o2", fps=5, progress=False)
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.exporting-*"))
 
 
 def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from s2_policy.atomic import atomic_path, atomic_write_json
-from s2_policy.data.store import ReplayStore
+from s2_policy.data.store import ReplayStore, is_image_array
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -767,6 +767,11 @@ class _VideoWriter:
         """Flush the encoder and close the current file."""
         if self.container is not None:
             self._mux(self.stream.encode())
+            self.discard()
+
+    def discard(self) -> None:
+        """Close the current file without flushing the encoder."""
+        if self.container is not None:
             self.container.close()
             self.container = None
 
@@ -838,8 +843,11 @@ def export_lerobot(
             f"{store.path} has no integer fps/control_hz attribute ({fps!r}); pass fps= (--fps) to export"
         )
     fps = int(fps)
-    cameras = store.image_keys()
     keys = store.keys()
+    cameras = store.image_keys()
+    cameras += [
+        k for k in keys if k not in cameras and is_image_array(store[k].shape) and store[k].dtype == np.uint8
+    ]
     lowdim = [k for k in keys if k not in cameras]
     names = (a.get("lerobot") or {}).get("keys") or {}
     old_features = (a.get("lerobot") or {}).get("features") or {}
@@ -859,12 +867,22 @@ def export_lerobot(
     for k in lowdim:
         arr = store[k]
         shape = list(arr.shape[1:]) or [1]
+        if len(shape) > 1:
+            raise ValueError(
+                f"data/{k} has per-frame shape {shape}; export writes vectors and scalars only: reshape it "
+                "to (N, D) in the store first"
+            )
         old = old_features.get(lr[k], {})
         features[lr[k]] = {"dtype": _feature_dtype(arr.dtype), "shape": shape, "names": old.get("names")}
     for k in cameras:
         h, w, c = store[k].shape[1:]
         if c != 3:
             raise ValueError(f"camera {k!r} has {c} channels; LeRobot videos are RGB (3 channels)")
+        if h % 2 or w % 2:
+            raise ValueError(
+                f"camera {k!r} is {h}x{w}; yuv420p video needs even heights and widths: resize or crop it "
+                "first"
+            )
         features[lr[k]] = {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"]}
     for k, v in DEFAULT_FEATURES.items():
         features.setdefault(k, dict(v))
@@ -967,8 +985,8 @@ def export_lerobot(
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
-        for w in writers.values():
-            w.container = None if w.container is None else w.container.close()
+        for w in writers.values():  # after an error: close without flushing (the folder is discarded)
+            w.discard()
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
