@@ -17,6 +17,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 import s2_policy.data.lerobot as lr  # noqa: E402
 from s2_policy.data.lerobot import ExportOptions, export_lerobot, import_lerobot  # noqa: E402
+from s2_policy.data.sequence import SequenceDataset  # noqa: E402
 from s2_policy.data.store import ReplayStore  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lerobot_v3"
@@ -76,6 +77,14 @@ def test_import_fixture_written_by_lerobot(tmp_path: Path, src: Path) -> None:
             # each decoded frame is the one drawn at its own time step, not a neighbour (colours step 10-12)
             dist = np.abs(got[cam].astype(np.int16)[:, None] - want[None]).mean(axis=(2, 3, 4))
             np.testing.assert_array_equal(dist.argmin(1), np.arange(n))
+    # what training reads: windows of camera frames, state and action from the imported store
+    ds = SequenceDataset(
+        store.path, cameras=["front", "wrist"], horizon=4, n_obs_steps=2, n_action_steps=4, val_ratio=0.0
+    )
+    item = ds[0]
+    assert item["obs"]["front"].shape == (2, 48, 64, 3) and item["obs"]["state"].shape == (2, 4)
+    assert item["action"].shape == (4, 3)
+    assert len(ds) == sum(n + 1 for n in LENGTHS)  # windows per episode: n + pads (1 + 3) - horizon + 1
 
 
 def smooth_episode(rng: np.random.Generator, n: int, hw: tuple[int, int], offset: float) -> np.ndarray:
