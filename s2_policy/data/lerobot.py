@@ -49,13 +49,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
+
+try:
+    import av
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+except ImportError as e:  # the optional 'lerobot' extra
+    raise ImportError(
+        f"s2_policy.data.lerobot needs pyarrow and PyAV ({e.name} is missing): pip install -e '.[lerobot]'"
+    ) from e
 
 from s2_policy.atomic import atomic_path, atomic_write_json
 from s2_policy.data.store import ReplayStore, is_image_array
@@ -1043,16 +1049,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m s2_policy.data.lerobot {import,export} ...`` (see ``--help``)."""
     p = argparse.ArgumentParser(
         prog="python -m s2_policy.data.lerobot",
-        description="Convert between LeRobotDataset v3.0 folders and zarr replay stores.",
+        description="Convert between LeRobotDataset folders (v3.0; import also v2.1/v2.0) and zarr "
+        "replay stores.",
         epilog="Key mapping: observation.images.<cam> <-> <cam>, observation.state <-> state, "
         "action <-> action; other observation.<x> <-> <x>.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     pi = sub.add_parser(
         "import",
-        help="LeRobotDataset v3.0 folder -> zarr store",
-        description="Import a local LeRobotDataset v3.0 folder into a zarr replay store (resumable: rerun "
-        "the same command after an interruption).",
+        help="LeRobotDataset folder (v3.0, v2.1, v2.0) -> zarr store",
+        description="Import a local LeRobotDataset folder (v3.0, v2.1 or v2.0) into a zarr replay store "
+        "(resumable: rerun the same command after an interruption).",
     )
     pi.add_argument("src", type=Path, help="LeRobotDataset folder (holds meta/info.json)")
     pi.add_argument("out", type=Path, help="output store directory, e.g. datasets/pusht.zarr")
