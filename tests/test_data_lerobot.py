@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +232,48 @@ def test_import_resumes_after_interruption(tmp_path: Path, monkeypatch: pytest.M
     store = import_lerobot(FIXTURE, tmp_path / "out.zarr", progress=False)
     assert calls == LENGTHS[1:]  # resumed at episode 1 (mid-video: the decoder seeks), episode 0 kept
     assert not (tmp_path / "out.zarr.partial").exists()
+    for k in full:
+        np.testing.assert_array_equal(store[k][:], full[k][:])
+
+
+KILLED_IMPORT = textwrap.dedent(
+    """
+    from s2_policy.data.lerobot import import_lerobot
+    from s2_policy.data.store import ReplayStore
+
+    real_add = ReplayStore.add_episode
+
+    def add(self, episode):
+        i = real_add(self, episode)
+        print(f"committed {{i}}", flush=True)  # the parent kills while episode i + 1 is being read
+        return i
+
+    ReplayStore.add_episode = add
+    import_lerobot({src!r}, {out!r}, progress=False)
+    """
+)
+
+
+@pytest.mark.slow
+def test_import_resumes_after_sigkill(tmp_path: Path) -> None:
+    make_store(tmp_path / "src.zarr", [6, 9, 5, 8, 7])
+    src = export_lerobot(tmp_path / "src.zarr", tmp_path / "lr", progress=False)
+    full = import_lerobot(src, tmp_path / "full.zarr", progress=False)
+    out = tmp_path / "out.zarr"
+    code = KILLED_IMPORT.format(src=str(src), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.strip() == "committed 1":
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    assert 2 <= ReplayStore.open(out.with_name("out.zarr.partial")).n_episodes < 5
+    store = import_lerobot(src, out, progress=False)
+    assert list(store.episode_ends) == list(full.episode_ends)
     for k in full:
         np.testing.assert_array_equal(store[k][:], full[k][:])
 
