@@ -633,7 +633,7 @@ class ExportOptions:
         vcodec: encoder name for PyAV. ``libsvtav1`` (AV1, LeRobot's default) or ``libx264``/``h264`` (H.264);
             both are read by LeRobot's torchcodec and PyAV decoders.
         crf: constant rate factor (lower = better quality, bigger files). 23 keeps 96 px sim renders above
-            35 dB PSNR (LeRobot's own default, 30, gives 35.5/34.9 dB; BENCHMARKS.md, "LeRobot").
+            35 dB PSNR (LeRobot's own default, 30, gives 35.5/34.9 dB; BENCHMARKS.md, "LeRobot conversion").
         gop: keyframe interval in frames (LeRobot writes 2 so that any frame decodes fast).
         pix_fmt: pixel format of the video stream (yuv420p: what LeRobot writes and every player reads).
         chunks_size: files per chunk folder (LeRobot: 1000).
@@ -646,8 +646,8 @@ class ExportOptions:
     gop: int = 2
     pix_fmt: str = "yuv420p"
     chunks_size: int = 1000
-    data_files_size_in_mb: int = 100
-    video_files_size_in_mb: int = 200
+    data_files_size_in_mb: float = 100
+    video_files_size_in_mb: float = 200
 
     def __post_init__(self) -> None:
         try:
