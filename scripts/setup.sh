@@ -17,5 +17,5 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e ".[dev,robomimic]"
+python -m pip install -q -e ".[dev,robomimic,lerobot]"
 echo "s2_policy installed: $(python -c 'import s2_policy, torch, mujoco; print("torch", torch.__version__, "mujoco", mujoco.__version__)')"
