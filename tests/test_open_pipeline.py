@@ -194,3 +194,31 @@ def test_evaluate_with_a_mistyped_task_fails(tmp_path):
            "task=pick_cub", f"hydra.run.dir={tmp_path / 'run'}"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "Could not find 'task/pick_cub'" in res.stderr
+
+
+@pytest.mark.slow
+def test_main_job_trains_on_an_imported_lerobot_dataset_without_a_simulator(tmp_path):
+    """LeRobot folder -> store (the importer) -> main job with `env: null` (real-robot data: no
+    evaluation)."""
+    pytest.importorskip("av", reason="needs the lerobot extra (PyAV, pyarrow)")
+    from s2_policy.data.lerobot import import_lerobot  # the extra is optional for this module's other tests
+
+    store = tmp_path / "robot.zarr"
+    import_lerobot(REPO / "tests" / "fixtures" / "lerobot_v3", store)
+    cfg_dir = tmp_path / "cfg"
+    (cfg_dir / "task").mkdir(parents=True)
+    (cfg_dir / "task" / "robot.yaml").write_text(textwrap.dedent(f"""\
+        name: robot
+        env: null
+        cameras: {{front: {{}}, wrist: {{}}}}
+        demos: {{source: store, path: {store}}}
+        """))
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train_policy.py"), "--config-dir", str(cfg_dir), "task=robot",
+           "encoder=s2p-nano", "s2=single", "train=smoke", "train.steps=4", "eval.profile_encoder=false",
+           f"hydra.run.dir={run_dir}"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["rollout"] is None and result["train"]["steps"] == 4
+    assert "evaluation off" in res.stdout and (run_dir / "policy.pt").is_file()
