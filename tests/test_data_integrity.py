@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from test_data_robomimic import make_hdf5
 
 from s2_policy.data.feature_cache import ensure_feature_cache
 from s2_policy.data.integrity import StoreIntegrityError
+from s2_policy.data.robomimic_hdf5 import convert_robomimic
 from s2_policy.data.store import LOCK_FILE, ReplayStore, StoreBusyError
 from s2_policy.data.summary import main as summary_main
 from s2_policy.data.summary import summarize, verify
@@ -277,3 +279,18 @@ def test_feature_cache_waits_for_another_builder_then_gives_up(tmp_path: Path) -
         assert not (cache_dir / f"{key}.zarr").exists()
     rebuilt = ensure_feature_cache(path, _MeanEncoder(), ["front"], lock_timeout_s=0.2, **kw)
     np.testing.assert_allclose(rebuilt.get("front")[-4:], 3.0)
+
+
+# ------------------------------------------------------------------ HDF5 inputs
+def test_truncated_or_foreign_hdf5_is_named(tmp_path: Path) -> None:
+    good = tmp_path / "demo.hdf5"
+    make_hdf5(good)
+    cut = tmp_path / "cut.hdf5"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cut.hdf5 cannot be opened as HDF5 .*truncated"):
+        convert_robomimic(cut, tmp_path / "out.zarr", progress=False)
+    text = tmp_path / "notes.hdf5"
+    text.write_text("not hdf5\n" * 100)
+    with pytest.raises(ValueError, match=r"notes.hdf5 cannot be opened as HDF5"):
+        convert_robomimic(text, tmp_path / "out.zarr", progress=False)
+    assert not (tmp_path / "out.zarr").exists()

@@ -44,6 +44,30 @@ def _sorted_demos(data: h5py.Group) -> list[str]:
     return sorted(names, key=lambda n: int(_DEMO.match(n).group(1)))
 
 
+def _open_hdf5(path: Path) -> h5py.File:
+    """Open ``path`` read-only; a missing, truncated or non-HDF5 file is a ValueError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"robomimic dataset {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(
+            f"{path} cannot be opened as HDF5 ({e}): the file is truncated (an interrupted download?) or "
+            "not an HDF5 file; download or copy it again"
+        ) from e
+
+
+def _read(group: h5py.Group, key: str, path: Path) -> np.ndarray:
+    """``group[key][()]``, or ValueError naming the file and dataset when its bytes cannot be read."""
+    try:
+        return group[key][()]
+    except (OSError, KeyError) as e:
+        raise ValueError(
+            f"{path}: dataset {group.name}/{key} cannot be read ({e}); the file is damaged or truncated: "
+            "download or copy it again"
+        ) from e
+
+
 def _source_id(path: Path, demos: list[str], options: dict) -> str:
     st = path.stat()
     blob = json.dumps(
@@ -73,7 +97,7 @@ def convert_robomimic(
             raise ValueError(f"{out_path} already exists; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    with h5py.File(in_path, "r") as f:
+    with _open_hdf5(in_path) as f:
         if "data" not in f:
             raise ValueError(f"{in_path} has no 'data' group: not a robomimic dataset")
         data = f["data"]
@@ -132,7 +156,7 @@ def convert_robomimic(
             demo = data[name]
             if "actions" not in demo:
                 raise ValueError(f"{in_path}: data/{name} has no 'actions'")
-            ep = {k: demo["obs"][k][()] for k in keys}
+            ep = {k: _read(demo["obs"], k, in_path) for k in keys}
             for k in images:
                 if flip_images:
                     ep[k] = np.ascontiguousarray(ep[k][:, ::-1])
@@ -140,7 +164,7 @@ def convert_robomimic(
                 ep["state"] = np.concatenate(
                     [ep[k].reshape(len(ep[k]), -1).astype(np.float32) for k in state_keys], axis=1
                 )
-            ep["action"] = demo["actions"][()].astype(np.float32)
+            ep["action"] = _read(demo, "actions", in_path).astype(np.float32)
             store.add_episode(ep)
     os.replace(partial, out_path)
     return ReplayStore.open(out_path, mode="r")

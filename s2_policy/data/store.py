@@ -146,19 +146,22 @@ class ReplayStore:
         image_chunk_frames: int = DEFAULT_STORAGE["image_chunk_frames"],
         lowdim_chunk_frames: int = DEFAULT_STORAGE["lowdim_chunk_frames"],
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        checksum: bool = True,
     ) -> ReplayStore:
         """Create an empty store at ``path`` (a directory); refuses to replace one unless ``overwrite``.
 
-        Zarr-3 stores (the default) get a crc32c checksum per chunk (see the module docstring).
+        Zarr-3 stores (the default) get a crc32c checksum per chunk unless ``checksum=False`` (see the
+        module docstring; the cost is measured in BENCHMARKS.md).
         """
         path = Path(path)
         root = cls._build(path, attrs, overwrite, zarr_format, image_codec, image_chunk_frames,
-                          lowdim_chunk_frames)
+                          lowdim_chunk_frames, checksum and zarr_format == 3)
         return cls(root, path, "a", lock_timeout_s=lock_timeout_s)
 
     @staticmethod
     def _build(path: Path, attrs: Mapping[str, Any] | None, overwrite: bool, zarr_format: int,
-               image_codec: str, image_chunk_frames: int, lowdim_chunk_frames: int) -> zarr.Group:
+               image_codec: str, image_chunk_frames: int, lowdim_chunk_frames: int,
+               checksum: bool) -> zarr.Group:
         if path.exists() and not overwrite:
             raise StoreExistsError(
                 f"{path} already exists; open it with ReplayStore.open(path, mode='a') to append "
@@ -175,7 +178,7 @@ class ReplayStore:
             "image_codec": image_codec,
             "image_chunk_frames": int(image_chunk_frames),
             "lowdim_chunk_frames": int(lowdim_chunk_frames),
-            "checksum": CHECKSUM if zarr_format == 3 else None,
+            "checksum": CHECKSUM if checksum else None,
         }
         # Built beside the target and renamed into place: a crash never leaves a half-made store at `path`.
         tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
@@ -188,7 +191,7 @@ class ReplayStore:
                 dtype="int64",
                 chunks=(lowdim_chunk_frames,),
                 fill_value=0,
-                compressors=_codecs("zstd", zarr_format, False, 8),
+                compressors=_codecs("zstd", zarr_format, False, 8, checksum=checksum),
             )
             root.attrs.update(all_attrs)
             if overwrite and path.is_dir():

@@ -49,6 +49,8 @@ class EncoderConfig:
         rest as ``auto``. The fingerprint ignores precision: features of every precision share a cache.
     compile: wrap the backbone in ``torch.compile``.
     trust_checkpoint: allow checkpoints that pickle arbitrary objects (``weights_only=False``).
+    check_inputs: reject float images outside [0, 1], NaN/inf and empty frames before encoding (on by
+        default; its cost is measured in BENCHMARKS.md). Not part of the fingerprint.
     device: where the encoder is built (``cpu``, ``cuda``, ...).
     arch_kwargs: extra keyword arguments for the timm constructor.
     """
@@ -65,6 +67,7 @@ class EncoderConfig:
     precision: str = "auto"
     compile: bool = False
     trust_checkpoint: bool = False
+    check_inputs: bool = True
     device: str = "cpu"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 

@@ -15,8 +15,38 @@ NORMALIZATION_STATS = {
 }
 
 
-def to_float_chw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1]; (B, 3, H, W) float passes through."""
+def check_images(images: torch.Tensor, where: str = "images") -> None:
+    """Raise ValueError (naming ``where`` and the fix) for unusable values or sizes.
+
+    Float images must lie in [0, 1] with no NaN/inf; frames must not be empty. One min/max pass over a float
+    batch (nothing for uint8 beyond the size check); its cost is measured in BENCHMARKS.md.
+    """
+    if images.dim() >= 3 and 0 in images.shape[-3:]:
+        raise ValueError(f"{where} have an empty frame: shape {tuple(images.shape)}")
+    if not images.is_floating_point() or images.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if lo >= 0.0 and hi <= 1.0:  # also False for NaN
+        return
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise ValueError(
+            f"{where} hold {bad} NaN/inf values (one NaN pixel makes every feature of its image NaN); "
+            "check the camera driver / the conversion that produced them"
+        )
+    if lo >= 0.0 and hi <= 255.0:
+        raise ValueError(
+            f"float {where} range up to {hi:g}: they look like 0..255 values, but float images must be in "
+            "[0, 1]. Divide by 255, or pass the uint8 frames as they come from the camera"
+        )
+    raise ValueError(f"float {where} must be in [0, 1], got values in [{lo:g}, {hi:g}]")
+
+
+def to_float_chw(images: torch.Tensor | np.ndarray, check: bool = True) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1]; (B, 3, H, W) float passes through.
+
+    With ``check`` the values are checked first (:func:`check_images`).
+    """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -24,6 +54,8 @@ def to_float_chw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
             "images must be a batch: (B, H, W, 3) uint8 or (B, 3, H, W) float, "
             f"got {getattr(images, 'shape', type(images))}"
         )
+    if check:
+        check_images(images)
     if images.dtype == torch.uint8:
         if images.shape[-1] != 3:
             raise ValueError(f"uint8 images must be (B, H, W, 3) with 3 channels, got {tuple(images.shape)}")
@@ -40,16 +72,18 @@ class Preprocessor(nn.Module):
 
     ``resize="crop"`` centre-crops to the target aspect ratio first (no distortion), ``"stretch"`` resizes
     directly. Resizing is bilinear with antialias (camera frames are usually larger than the target).
+    ``check``: validate the input values first (:func:`check_images`); not part of :meth:`settings`.
     """
 
-    def __init__(self, size: tuple[int, int], normalize: str = "imagenet", resize: str = "crop") -> None:
+    def __init__(self, size: tuple[int, int], normalize: str = "imagenet", resize: str = "crop",
+                 check: bool = True) -> None:
         super().__init__()
         if normalize not in NORMALIZATION_STATS:
             raise ValueError(f"normalize={normalize!r} is not one of {sorted(NORMALIZATION_STATS)}")
         if resize not in ("crop", "stretch"):
             raise ValueError(f"resize={resize!r} is not 'crop' or 'stretch'")
         self.size = (int(size[0]), int(size[1]))
-        self.normalize, self.resize = normalize, resize
+        self.normalize, self.resize, self.check = normalize, resize, check
         mean, std = NORMALIZATION_STATS[normalize]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -64,7 +98,7 @@ class Preprocessor(nn.Module):
             images = torch.from_numpy(images)
         if isinstance(images, torch.Tensor):  # move uint8 before converting: 4x less to copy to a GPU
             images = images.to(self.mean.device, non_blocking=True)
-        x = to_float_chw(images)
+        x = to_float_chw(images, check=self.check)
         h, w = x.shape[-2:]
         th, tw = self.size
         if (h, w) != (th, tw):

@@ -68,7 +68,8 @@ class S2Encoder(nn.Module):
         backbone = backbone.to(device=device, dtype=self.compute_dtype).eval().requires_grad_(False)
         self.int8_layers = quantize_linears(backbone) if config.precision == "int8" else 0
         self.backbone = backbone
-        self.preprocess = Preprocessor(self.input_size, config.normalize, config.resize).to(device)
+        self.preprocess = Preprocessor(self.input_size, config.normalize, config.resize,
+                                       check=config.check_inputs).to(device)
         features = backbone.forward_features
         self._features = torch.compile(features) if config.compile else features
         self._fingerprint: str | None = None
@@ -110,7 +111,12 @@ class S2Encoder(nn.Module):
         if isinstance(cameras, torch.Tensor | np.ndarray) or len(cameras) == 0:
             raise ValueError("encode_cameras takes a non-empty list of per-camera image batches")
         with torch.inference_mode():
-            xs = [self.preprocess(cam) for cam in cameras]
+            xs = []
+            for i, cam in enumerate(cameras):
+                try:
+                    xs.append(self.preprocess(cam))
+                except ValueError as e:
+                    raise ValueError(f"camera {i} of {len(cameras)}: {e}") from e
             b = xs[0].shape[0]
             if any(x.shape[0] != b for x in xs):
                 raise ValueError(f"all cameras need the same batch size, got {[x.shape[0] for x in xs]}")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from s2_policy.encoders.preprocess import check_images
 from s2_policy.policies.config import PolicyConfig
 from s2_policy.policies.diffusion_head import DiffusionHead
 from s2_policy.policies.mlp_head import MLPHead
@@ -33,6 +34,13 @@ def _to_plain(x: Any) -> Any:
     if isinstance(x, list | tuple) or type(x).__name__ == "ListConfig":
         return [_to_plain(v) for v in x]
     return x
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    """Inputs reach the head unchecked otherwise: one NaN makes every action of its batch NaN."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} hold {int((~torch.isfinite(x)).sum())} NaN/inf values; the policy needs "
+                         "finite inputs (check the sensor or the code producing them)")
 
 
 class PolicyCore(nn.Module):
@@ -178,11 +186,14 @@ class Policy(nn.Module):
         first = obs[self.cameras[0]]
         if np.ndim(first) == 2 + len(self.feature_shape):
             feats = torch.stack([self._tensor(obs[c], torch.float32) for c in self.cameras], dim=2)
+            _check_finite(feats, "observation features")
         else:
             if self.encoder is None:
                 raise ValueError("image observations need an encoder: load the policy with load_encoder=True "
                                  "or call attach_encoder(), or pass cached features (B, To, F)")
             imgs = [self._tensor(obs[c]) for c in self.cameras]
+            for c, im in zip(self.cameras, imgs, strict=True):
+                check_images(im, where=f"camera {c!r} images")
             b, to = imgs[0].shape[:2]
             flat = [im.reshape(b * to, *im.shape[2:]) for im in imgs]
             enc = self.encoder.encode_cameras(flat).float()
@@ -197,6 +208,9 @@ class Policy(nn.Module):
                               generator: torch.Generator | None = None) -> torch.Tensor:
         """Features ``(B, To, K, F)`` + raw state ``(B, To, D)`` -> env actions ``(B, n_action_steps, A)``."""
         state = self._tensor(state, torch.float32)[:, -self.n_obs_steps:]
+        if state.ndim != 3 or state.shape[-1] != self.state_dim:
+            raise ValueError(f"state must be (B, To, {self.state_dim}), got {tuple(state.shape)}")
+        _check_finite(state, "state")
         if feats.shape[1] != self.n_obs_steps or state.shape[1] != self.n_obs_steps:
             raise ValueError(f"need n_obs_steps={self.n_obs_steps} observation steps, got features "
                              f"{tuple(feats.shape)} and state {tuple(state.shape)}")
