@@ -52,8 +52,9 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
     assert ev["encoder"]["identity"]["fingerprint"] == result["encoder"]["identity"]["fingerprint"]
 
     cmp = compare([str(run_dir / "result.json")], tmp_path / "cmp")
-    assert cmp["rows"][0]["label"] == "tiny" and cmp["rows"][0]["seed_rates"] == [result["rollout"]["success_rate"]]
-    assert cmp["rows"][0]["env_seeds_paired"] and "below 3" in cmp["warnings"][0]
+    row = cmp["rows"][0]
+    assert row["label"] == "tiny" and row["seed_rates"] == [result["rollout"]["success_rate"]]
+    assert row["env_seeds_paired"] and "below 3" in cmp["warnings"][0]
     with pytest.raises(ValueError, match="training seed 0 twice"):   # the same policy evaluated twice
         compare([str(run_dir / "result.json"), str(out)], tmp_path / "cmp")
 
