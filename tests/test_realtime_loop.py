@@ -216,14 +216,22 @@ def test_on_fault_stop_halts_robot_and_ends_run(cams):
         robot.send_action(np.zeros(4, np.float32))
 
 
-def test_sigint_stops_cleanly(cams):
-    robot = DryRunRobot(4, np.zeros(4))
-    loop = _loop(cams, robot, rate_hz=20, duration_s=10)
-    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    summary = loop.run()
-    assert summary["stop_reason"].startswith("interrupted")
-    assert 2 <= summary["steps"] < 40 and robot.holds >= 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.mark.parametrize("inherited", [signal.default_int_handler, signal.SIG_IGN],
+                         ids=["default", "ignored"])
+def test_sigint_stops_cleanly(cams, inherited):
+    """Ctrl-C stops the loop whatever SIGINT disposition the process inherited (``nohup`` and background jobs
+    start with SIGINT ignored), and the loop restores that disposition afterwards."""
+    outer = signal.signal(signal.SIGINT, inherited)
+    try:
+        robot = DryRunRobot(4, np.zeros(4))
+        loop = _loop(cams, robot, rate_hz=20, duration_s=10)
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        summary = loop.run()
+        assert summary["stop_reason"].startswith("interrupted")
+        assert 2 <= summary["steps"] < 40 and robot.holds >= 1
+        assert signal.getsignal(signal.SIGINT) is inherited
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def _run_with_cameras(fps: float, rate_hz: float, max_steps: int) -> ControlLoop:
