@@ -56,8 +56,12 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
     assert ev["rollout"]["n_episodes"] == 1 and ev["label"] == "tiny"
     assert ev["encoder"]["identity"]["fingerprint"] == result["encoder"]["identity"]["fingerprint"]
 
-    rows = compare([str(run_dir / "result.json"), str(out)], tmp_path / "cmp")["rows"]
-    assert rows[0]["label"] == "tiny" and rows[0]["n_seeds"] == 2 and rows[0]["episodes"] == 3
+    cmp = compare([str(run_dir / "result.json")], tmp_path / "cmp")
+    row = cmp["rows"][0]
+    assert row["label"] == "tiny" and row["seed_rates"] == [result["rollout"]["success_rate"]]
+    assert row["env_seeds_paired"] and "below 3" in cmp["warnings"][0]
+    with pytest.raises(ValueError, match="training seed 0 twice"):   # the same policy evaluated twice
+        compare([str(run_dir / "result.json"), str(out)], tmp_path / "cmp")
 
 
 @pytest.mark.slow

@@ -55,19 +55,21 @@ def run(out, head, steps, sleep):
     torch.manual_seed(0)   # the head's initial weights
     data = synth()
     pol = make_policy(data, head)
+    init = {k: v.clone() for k, v in pol.core.state_dict().items()}
     def rollout(p, step):
         time.sleep(sleep)
         return {"success_rate": (step % 7) / 7}
     cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=5, log_every=5, val_every=20,
                       rollout_every=3, ckpt_every=5, progress=False, seed=3)
-    return pol, Trainer(pol, data, synth(n=32, seed=1), cfg, out, rollout_fn=rollout).fit()
+    return pol, init, Trainer(pol, data, synth(n=32, seed=1), cfg, out, rollout_fn=rollout).fit()
 
 if __name__ == "__main__":
     if "WORLD_SIZE" in os.environ:
         dist.init_process_group("gloo")
-    pol, res = run(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    pol, init, res = run(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     if dist.is_initialized():
         torch.save(pol.core.state_dict(), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+        torch.save(init, f"{sys.argv[1]}/init{dist.get_rank()}.pt")
         dist.destroy_process_group()
     print("STEPS_RUN", res["steps_run"])
 '''
@@ -190,5 +192,5 @@ def test_ddp_two_processes_gloo(tmp_path):
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     for k in r0:
         torch.testing.assert_close(r0[k], r1[k])    # DDP keeps the replicas identical
-    init = make_policy(synth(), "mlp").core.state_dict()
-    assert any(not torch.equal(init[k], r0[k]) for k in init)
+    init = torch.load(out / "init0.pt")             # the weights this very run started from
+    assert [k for k in init if torch.equal(init[k], r0[k])] == []   # training moved every parameter
