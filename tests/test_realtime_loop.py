@@ -304,7 +304,7 @@ def test_phase_lock_to_a_faster_camera_modulo_its_frame_period():
     ages = {}
     for locked in (False, True):
         ages[locked], loop = _frame_ages(30, 10, 0.020, locked, max_steps=15)
-    assert loop._sync_wrap == pytest.approx(1 / 30, rel=0.05)
+    assert loop.phase.wrap == pytest.approx(1 / 30, rel=0.05)
     assert ages[False] > 16, ages
     assert ages[True] < 11, ages
 
@@ -316,18 +316,18 @@ def test_a_late_due_frame_is_waited_for_not_skipped():
     for c in cam.values():
         c.push(blank, time.monotonic() - 0.030)  # the newest frame is 30 ms old at a 30 Hz loop
     loop = _loop(cam, rate_hz=30, max_frame_wait_ms=20)
-    loop._cam_period, loop._sync_wrap = 1 / 30, 1 / 30
-    frames = {n: c.latest() for n, c in cam.items()}
+    loop.phase.cam_period, loop.phase.wrap = 1 / 30, 1 / 30
+    ref = cam[CAMS[0]]
+    old = ref.latest()
     threading.Timer(0.005, lambda: [c.push(blank, time.monotonic()) for c in cam.values()]).start()
     t0 = time.monotonic()
-    assert loop._await_due_frame(frames)
+    assert loop.phase.await_due_frame(ref, old)
     assert 0.003 < time.monotonic() - t0 < 0.019
-    assert cam[CAMS[0]].latest().seq == 1
-    fresh = {n: c.latest() for n, c in cam.items()}
-    assert not loop._await_due_frame(fresh)  # the newest frame is fresh: no wait
+    assert ref.latest().seq == 1
+    assert not loop.phase.await_due_frame(ref, ref.latest())  # the newest frame is fresh: no wait
     off = _loop(cam, rate_hz=30, max_frame_wait_ms=0)
-    off._cam_period = 1 / 30
-    assert not off._await_due_frame(frames)
+    off.phase.cam_period = 1 / 30
+    assert not off.phase.await_due_frame(ref, old)
 
 
 def test_bad_config_is_reported():

@@ -33,6 +33,7 @@ import torch
 
 from s2_policy.realtime.actions import ActionScheduler
 from s2_policy.realtime.cameras import CameraSource, Frame
+from s2_policy.realtime.phase_lock import PhaseLock
 from s2_policy.realtime.robot import Robot
 from s2_policy.realtime.safety import SafetyConfig, SafetyMonitor
 from s2_policy.realtime.telemetry import StepRecord, Telemetry
@@ -121,11 +122,7 @@ class ControlLoop:
         self._history: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
         self._episode: int | None = None
         self._dropped_seen = {c: 0 for c in self.cameras}
-        self._sync_age: float | None = None
-        self._sync_seq = -1
-        self._sync_prev: tuple[int, float] | None = None  # (seq, capture time) of the reference camera
-        self._cam_period: float | None = None              # its frame period, smoothed
-        self._sync_wrap = cfg.period                       # phase is locked modulo this
+        self.phase = PhaseLock(cfg.period, cfg.sync_lag_ms * 1e-3, cfg.max_frame_wait_ms * 1e-3)
         # scheduled actions and the observation history are invalidated together by bumping the epoch
         self._lock = threading.Lock()
         self._epoch = self._history_epoch = 0
@@ -142,7 +139,7 @@ class ControlLoop:
     def reset_clock(self, t0: float | None = None) -> None:
         """Start the tick grid at ``t0`` (default: now) with an empty schedule and observation history."""
         self.t0 = self.t_start = time.monotonic() if t0 is None else t0
-        self._lock_count = 0  # phase-lock corrections so far (the first ones acquire the camera's phase)
+        self.phase.restart()
         self.scheduler = ActionScheduler(self.t0, self.cfg.period, self.cfg.ensemble, self.cfg.ensemble_k)
         self._invalidate()
 
@@ -239,22 +236,15 @@ class ControlLoop:
     def tick(self, k: int, t_tick: float) -> StepRecord:
         """Run tick ``k`` whose nominal start is ``t_tick`` (monotonic seconds)."""
         frames = {c: cam.latest() for c, cam in self.cameras.items()}
-        if self._await_due_frame(frames):
+        ref_name = self.policy.cameras[0]
+        if self.cfg.sync_to_camera and self.phase.await_due_frame(self.cameras[ref_name], frames[ref_name]):
             frames = {c: cam.latest() for c, cam in self.cameras.items()}
         t_wake = time.monotonic()
         rec = StepRecord(step=k, t=t_wake - self.t_start, status="idle", jitter_ms=(t_wake - t_tick) * 1e3)
         rec.dropped_frames = self._new_drops()
         reasons = self.safety.check_inputs(self.cameras, frames, self.robot.connected, t_wake)
-        self._sync_age = None
+        self.phase.observe(None if reasons else frames[ref_name], t_wake)
         if not reasons:
-            ref = frames[self.policy.cameras[0]]
-            frames_per_tick = self._track_camera_period(ref)
-            # lock to a camera about as fast as the loop (<= 2 new frames per tick), or to one delivering a
-            # whole number n >= 2 of frames per tick (30 fps into a 10 Hz loop) modulo its frame period;
-            # at other ratios the arrival phase drifts every tick and there is nothing to lock to
-            if self._sync_seq < 0 or ref.seq - self._sync_seq <= 2 or frames_per_tick >= 2:
-                self._sync_age = t_wake - ref.t_capture
-            self._sync_seq = ref.seq
             rec.frame_age_ms = (t_wake - min(f.t_capture for f in frames.values())) * 1e3
             if not self.cfg.async_inference:
                 # ticks to the next planned inference; the n_obs_steps - 1 ticks before it are observed
@@ -325,8 +315,11 @@ class ControlLoop:
                 if delay > 0 and self._stop.wait(delay):
                     break
                 self.telemetry.add(self.tick(k, t_tick))
-                if self.cfg.sync_to_camera:
-                    self._phase_lock()
+                shift = self.phase.correction() if self.cfg.sync_to_camera else 0.0
+                if shift:
+                    with self._lock:
+                        self.t0 += shift
+                        self.scheduler.t0 = self.t0
                 # skip ticks whose start has already passed (no catch-up bursts)
                 k = max(k + 1, math.floor((time.monotonic() - self.t0) / period) + 1)
         except KeyboardInterrupt:
@@ -342,62 +335,6 @@ class ControlLoop:
         if self._worker_error is not None:
             raise RuntimeError(self.stop_reason) from self._worker_error
         return self.telemetry.summary({"stop_reason": self.stop_reason})
-
-    def _await_due_frame(self, frames: Mapping[str, Frame | None]) -> bool:
-        """Phase-locked ticks fall ``sync_lag_ms`` after the reference camera's frames; when the due frame is
-        late (the newest is over half a frame period old), wait up to ``max_frame_wait_ms`` for it instead of
-        acting on one a whole frame period older. True when a newer frame came."""
-        wait = self.cfg.max_frame_wait_ms * 1e-3
-        name = self.policy.cameras[0]
-        ref = frames.get(name)
-        if not (self.cfg.sync_to_camera and wait > 0 and ref is not None and self._cam_period):
-            return False
-        if self._cam_period > 1.05 * self.cfg.period:
-            return False  # a camera slower than the loop: most ticks have no new frame to wait for
-        if time.monotonic() - ref.t_capture < self._sync_wrap / 2:
-            return False
-        return self.cameras[name].wait_newer(ref.seq, wait)
-
-    def _track_camera_period(self, ref: Frame) -> int:
-        """Update the reference camera's smoothed frame period; return n when it sends a whole number n >= 2
-        of frames per loop period (within 5 %), else 0. Sets the phase-lock wrap accordingly."""
-        prev, self._sync_prev = self._sync_prev, (ref.seq, ref.t_capture)
-        if prev is not None and ref.seq > prev[0]:
-            est = (ref.t_capture - prev[1]) / (ref.seq - prev[0])
-            self._cam_period = est if self._cam_period is None else 0.8 * self._cam_period + 0.2 * est
-        n = 0
-        if self._cam_period:
-            ratio = self.cfg.period / self._cam_period
-            if round(ratio) >= 2 and abs(ratio - round(ratio)) < 0.05 * round(ratio):
-                n = round(ratio)
-        self._sync_wrap = self.cfg.period / n if n else self.cfg.period
-        return n
-
-    def _phase_lock(self) -> None:
-        """Nudge the tick grid so ticks fall ``sync_lag_ms`` after the first camera's frames arrive.
-
-        With camera and loop at similar rates, an unsynchronised tick finds a frame that is on average half a
-        frame period old; locking the phase removes that from capture->action latency. Slots of scheduled
-        actions keep their indices (only the grid's origin moves: by up to half a period for the first two
-        corrections, which acquire the phase, then by at most a quarter period per tick).
-        """
-        wrap = self._sync_wrap  # the loop period, or the camera's when it sends n >= 2 frames per tick
-        if self._sync_age is None or not 0 <= self._sync_age < wrap:
-            return  # no fresh frame, or a camera slower than the loop: nothing to lock to
-        err = self._sync_age - self.cfg.sync_lag_ms * 1e-3
-        if err > wrap / 2:
-            err -= wrap  # the next frame is due just after this tick: move ticks later
-        if self._lock_count < 2:
-            # acquire: correct the whole error at once (at start-up the phase is arbitrary, and a gradual
-            # approach would leave the first ticks acting on frames up to a whole frame period old)
-            shift = min(max(-err, -wrap / 2), wrap / 2)
-        else:
-            # track: asymmetric gain, later quickly after a missed frame, earlier slowly (jitter-robust)
-            shift = min(max(-(0.5 if err < 0 else 0.1) * err, -wrap / 4), wrap / 4)
-        self._lock_count += 1
-        with self._lock:
-            self.t0 += shift
-            self.scheduler.t0 = self.t0
 
     def _install_sigint(self):
         """Ctrl-C -> clean stop after the current tick (only possible from the main thread)."""
