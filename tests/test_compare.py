@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from s2_policy.data.store import ReplayStore
 from s2_policy.evaluation.compare import StatsConfig, compare
 from s2_policy.evaluation.stats import (
     fisher_exact,
@@ -191,3 +192,18 @@ def test_compare_command_line(tmp_path):
     assert f"| {p:.3g} |" in res.stdout and f"{p:.3g}" == "0.0117"
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert saved["stats"]["bootstrap"] == 200
+
+
+def test_compare_refuses_results_evaluated_on_demonstration_seeds(tmp_path):
+    """A result whose episodes ran on seeds its store records as demo seeds is refused."""
+    store = tmp_path / "demos.zarr"
+    ReplayStore.create(store, attrs={"episode_seeds": [ENV_SEEDS[3]], "failed_seeds": []})
+    write_results(tmp_path / "runs", "single", [20, 21])
+    path = tmp_path / "runs" / "single-1" / "result.json"
+    res = json.loads(path.read_text())
+    res["rollout"]["demo_store"] = str(store)
+    path.write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="records as demonstration seeds"):
+        compare([str(tmp_path / "runs" / "**" / "result.json")], tmp_path / "cmp")
+    ReplayStore.open(store, mode="a").update_attrs({"episode_seeds": [7]})   # disjoint: accepted
+    assert compare([str(tmp_path / "runs" / "**" / "result.json")], tmp_path / "cmp")["rows"]

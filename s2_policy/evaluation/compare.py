@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from s2_policy.atomic import atomic_path, atomic_write_json, atomic_write_text
+from s2_policy.evaluation.seeds import recorded_demo_seeds
 from s2_policy.evaluation.stats import (
     fisher_exact,
     paired_bootstrap_diff,
@@ -105,9 +106,23 @@ def load_results(patterns: Sequence[str]) -> list[dict[str, Any]]:
             r = json.load(f)
         if "rollout" not in r or "label" not in r:
             raise ValueError(f"{p} is not a result file (needs 'label' and 'rollout' entries)")
+        if not r["rollout"]:
+            raise ValueError(f"{p} holds no evaluation (trained with evaluation off); leave it out")
         r["_path"] = p
+        _refuse_demo_seeds(r)
         out.append(r)
     return out
+
+
+def _refuse_demo_seeds(r: Mapping[str, Any]) -> None:
+    """A result evaluated on seeds its demonstration store records as demo seeds is not a test result."""
+    store = r["rollout"].get("demo_store")
+    recorded = recorded_demo_seeds(store) if store else None
+    seeds = {int(e["seed"]) for e in r["rollout"].get("episodes") or []}
+    bad = sorted(seeds & recorded) if recorded else []
+    if bad:
+        raise ValueError(f"{r['_path']} was evaluated on env seeds {bad[:5]} that {store} records as "
+                         "demonstration seeds; evaluate again on the task's test seeds")
 
 
 def _env_outcomes(r: Mapping[str, Any]) -> dict[int, bool] | None:

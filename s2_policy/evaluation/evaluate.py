@@ -29,6 +29,7 @@ def evaluate_policy(policy: Any, task: TaskSpec, n_episodes: int = 50, n_envs: i
     res = run_rollouts(policy, task, seeds, n_envs=n_envs, video_dir=video_dir, n_videos=n_videos,
                        progress=progress)
     res["seed_role"] = role
+    res["demo_store"] = task.demos.path  # compare re-checks the seeds against the store's demo seeds
     return res
 
 
