@@ -6,10 +6,13 @@ Usage: ``python benchmarks/bench_trust.py [--repeats 7] [--episodes 20] [--workd
    frames (the checked case: one min/max pass), 2 cameras. The two settings alternate call by call, so load
    changes on the shared machine hit both alike.
 2. Store write and read throughput (MiB of raw frame data per second) of a checksummed store (crc32c per
-   chunk, read through the checked store) and of one without checksums, on the same frames, alternating.
+   chunk, read through the checked store) and of one without checksums, on the same frames, alternating
+   (which one goes first alternates too).
    Frames are synthetic but compress like rendered scenes (smooth background, moving objects, noise).
 
-Every row is a median over ``--repeats`` repeats, with the range; ratios are taken within one run.
+Every row is a median over ``--repeats`` repeats, with the range; ratios are taken within one run. Store rows
+are given in wall time and in CPU time of the process (all its threads): on a shared, loaded machine the
+CPU time is the steadier measure of the work the checksums add.
 """
 
 from __future__ import annotations
@@ -55,10 +58,11 @@ def bench_encoder(repeats: int, calls: int, frame: tuple[int, int]) -> None:
             enc.encode_cameras(imgs)  # warm-up
         per = {True: [], False: []}
         ratios = []
-        for _ in range(repeats):
+        for rep in range(repeats):
             times = {True: [], False: []}
             for _ in range(calls):
-                for on, enc in encoders.items():
+                for on in ((True, False) if rep % 2 == 0 else (False, True)):  # alternate who goes first
+                    enc = encoders[on]
                     t = time.perf_counter()
                     enc.encode_cameras(imgs)
                     times[on].append((time.perf_counter() - t) * 1e3)
@@ -103,35 +107,42 @@ def bench_store(workdir: Path, repeats: int, episodes: int, size: int, T: int) -
     """Write and read MiB/s, with crc32c per chunk vs without, alternating."""
     eps = _episodes(episodes, size, T)
     raw = sum(v.nbytes for ep in eps for v in ep.values()) / 2**20
-    rows = {on: {"write": [], "read": [], "frame": []} for on in (True, False)}
+    keys = ("write", "read", "frame", "write_cpu", "read_cpu", "frame_cpu")
+    rows = {on: {k: [] for k in keys} for on in (True, False)}
     rng = np.random.default_rng(1)
-    for _ in range(repeats):
-        for on in (True, False):
+    for rep in range(repeats):
+        for on in ((True, False) if rep % 2 == 0 else (False, True)):  # alternate who goes first
             path = workdir / f"store_{'crc' if on else 'plain'}.zarr"
             shutil.rmtree(path, ignore_errors=True)
-            t = time.perf_counter()
+            t, c0 = time.perf_counter(), time.process_time()
             s = ReplayStore.create(path, attrs={"cameras": CAMS}, checksum=on)
             for ep in eps:
                 s.add_episode(ep)
             rows[on]["write"].append(raw / (time.perf_counter() - t))
+            rows[on]["write_cpu"].append(raw / (time.process_time() - c0))
             r = ReplayStore.open(path)
             assert r.checked == on
-            t = time.perf_counter()
+            t, c0 = time.perf_counter(), time.process_time()
             for i in range(r.n_episodes):
                 r.get_episode(i)
             rows[on]["read"].append(raw / (time.perf_counter() - t))
+            rows[on]["read_cpu"].append(raw / (time.process_time() - c0))
             idx = rng.integers(0, r.n_frames, 200)
-            t = time.perf_counter()
+            t, c0 = time.perf_counter(), time.process_time()
             for i in idx:
                 for c in CAMS:
                     r[c][int(i)]
-            rows[on]["frame"].append((time.perf_counter() - t) / len(idx) / len(CAMS) * 1e6)
+            n = len(idx) * len(CAMS)
+            rows[on]["frame"].append((time.perf_counter() - t) / n * 1e6)
+            rows[on]["frame_cpu"].append((time.process_time() - c0) / n * 1e6)
     print(f"\n### Store checksums: {episodes} episodes x {T} frames, {len(CAMS)} cameras {size}x{size} + "
           f"state/action ({raw:.0f} MiB raw), zstd images; median and range over {repeats} repeats\n")
     print("| | crc32c per chunk (checked reads) | no checksums | with / without |")
     print("|---|---|---|---|")
-    for key, label in (("write", "write MiB/s"), ("read", "read MiB/s (whole episodes)"),
-                       ("frame", "one random frame (us)")):
+    labels = (("write", "write MiB/s"), ("read", "read MiB/s (whole episodes)"),
+              ("frame", "one random frame (us)"), ("write_cpu", "write MiB per CPU-s"),
+              ("read_cpu", "read MiB per CPU-s"), ("frame_cpu", "one random frame (CPU us)"))
+    for key, label in labels:
         ratio = [a / b for a, b in zip(rows[True][key], rows[False][key], strict=True)]
         print(f"| {label} | {_stats(rows[True][key])} | {_stats(rows[False][key])} | {_stats(ratio)} |")
 

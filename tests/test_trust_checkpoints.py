@@ -161,6 +161,12 @@ def test_pretrain_resume_refuses_pickles(tmp_path):
     with pytest.raises(CheckpointError, match="train_state.pt is a pickled"):
         train_mae(model, FrameSampler(frames, 2), tmp_path, steps=1, progress=False)
     assert not sentinel.exists()
+    ok = tmp_path / "ok"
+    train_mae(model, FrameSampler(frames, 2), ok, steps=1, amp=False, progress=False)
+    state = ok / STATE_FILE
+    state.write_bytes(state.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"pre-training resume state .*train_state.pt is truncated"):
+        train_mae(model, FrameSampler(frames, 2), ok, steps=1, progress=False)
 
 
 def test_evaluate_command_refuses_pickles(tmp_path):
