@@ -64,6 +64,7 @@ except ImportError as e:  # the optional 'lerobot' extra
     ) from e
 
 from s2_policy.atomic import atomic_path, atomic_write_json
+from s2_policy.cli import user_errors
 from s2_policy.data.store import ReplayStore, is_image_array
 
 __all__ = [
@@ -1045,6 +1046,7 @@ def _write_data(root: Path, chunk: int, file: int, tables: list[pa.Table]) -> No
 
 
 # ---------------------------------------------------------------------------------------------- command
+@user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m s2_policy.data.lerobot {import,export} ...`` (see ``--help``)."""
     p = argparse.ArgumentParser(

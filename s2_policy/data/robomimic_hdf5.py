@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from s2_policy.cli import user_errors
 from s2_policy.data.store import ReplayStore, is_image_array
 
 __all__ = ["convert_robomimic", "DEFAULT_STATE_KEYS"]
@@ -174,6 +175,7 @@ def _csv(text: str | None) -> list[str] | None:
     return None if text is None else [x for x in text.split(",") if x]
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m s2_policy.data.robomimic_hdf5 IN.hdf5 OUT.zarr [options]``."""
     p = argparse.ArgumentParser(description="Convert a robomimic HDF5 dataset into a zarr replay store.")

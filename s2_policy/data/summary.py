@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from s2_policy.cli import user_errors
 from s2_policy.data.integrity import has_checksum, verify_array
 from s2_policy.data.store import ReplayStore
 
@@ -121,6 +122,7 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     return {"chunks": checked, "problems": problems, "checksums": store.checked}
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m s2_policy.data.summary PATH [--json] [--verify]``."""
     p = argparse.ArgumentParser(description="Summarise a zarr demonstration store.")

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from s2_policy.atomic import atomic_path, atomic_write_json, atomic_write_text
+from s2_policy.cli import user_errors
 from s2_policy.evaluation.seeds import recorded_demo_seeds
 from s2_policy.evaluation.stats import (
     fisher_exact,
@@ -365,6 +366,7 @@ def compare(patterns: Sequence[str], out_dir: str | os.PathLike, baseline: str |
 
 
 @hydra.main(config_path="../../configs", config_name="compare", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``configs/compare.yaml``)."""
     patterns = [hydra.utils.to_absolute_path(p) if not os.path.isabs(p) else p

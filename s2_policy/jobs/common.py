@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import hydra
 from omegaconf import DictConfig
 
 import envs  # noqa: F401  (registers the project's gymnasium ids and the task schema; sets MUJOCO_GL)
 from envs.spec import TaskSpec
+from s2_policy.cli import user_errors
 from s2_policy.policies import config as policy_config
 
 policy_config.register_schema()
 
-F = TypeVar("F", bound=Callable[..., Any])
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
-
-
-def user_errors(fn: F) -> F:
-    """Report ``ValueError`` / ``FileNotFoundError`` / ``KeyError`` as one line and exit 2.
-
-    These are how the project signals bad input (config values, files, keys); the message names the problem
-    and the fix. ``HYDRA_FULL_ERROR=1`` re-raises them with the full traceback.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"error: {msg}  (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
+__all__ = ["task_spec", "user_errors"]
 
 
 def task_spec(cfg: DictConfig) -> TaskSpec:
