@@ -62,6 +62,8 @@ def test_welch_t_interval_and_fisher_match_hand_computation():
     w = welch_test(single, s2)
     t, df, p = hand_welch(single, s2)
     assert (w.t, w.df, w.p) == pytest.approx((t, df, p), rel=1e-9)
+    ref = sps.ttest_ind(s2, single, equal_var=False)                      # a second, independent reference
+    assert (w.t, w.p) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-9)
     assert w.diff == pytest.approx(0.18) and w.p == pytest.approx(0.1248, abs=1e-4) and w.p > 0.05
     w = welch_test([11 / 50, 12 / 50, 10 / 50], [35 / 50, 36 / 50, 34 / 50])
     assert w.p == pytest.approx(hand_welch([11, 12, 10], [35, 36, 34])[2], rel=1e-9) and w.p < 1e-4

@@ -119,15 +119,17 @@ def test_loop_acts_at_rate_and_writes_telemetry(cams, tmp_path):
 
 def test_chunks_run_to_their_end_and_the_frames_before_an_inference_are_observed(cams):
     """Default infer_every = n_action_steps (4): infer on ticks 0, 4, 8; with n_obs_steps=2 the tick before
-    each inference is encoded into the history too, so the policy sees consecutive frames as in training."""
+    each inference is encoded into the history too, so the policy sees consecutive frames as in training.
+    A tick of this tiny policy takes ~1 ms: a dropped tick at 20 Hz is a slow loop, and fails the test."""
     enc = MeanColourEncoder()
-    loop = _loop(cams, encoder=enc, policy=make_policy(n_action_steps=4), rate_hz=40, max_steps=12,
+    loop = _loop(cams, encoder=enc, policy=make_policy(n_action_steps=4), rate_hz=20, max_steps=12,
                  sync_to_camera=False)
     assert loop.infer_every == 4
     loop.run()
     recs = loop.telemetry.records
-    if any(r.step != i for i, r in enumerate(recs)):
-        pytest.skip("the machine was too slow to keep 40 Hz: ticks were skipped")
+    assert [r.step for r in recs] == list(range(12)), (
+        "ticks were dropped: the loop could not keep 20 Hz with a tiny policy; step_ms "
+        f"{[round(r.step_ms, 1) for r in recs]}, jitter_ms {[round(r.jitter_ms, 1) for r in recs]}")
     assert [r.step for r in recs if r.inferred] == [0, 4, 8]
     assert [r.step for r in recs if np.isfinite(r.encode_ms)] == [0, 3, 4, 7, 8, 11]
     assert enc.calls == 6
@@ -356,7 +358,7 @@ def test_async_inference_keeps_the_control_rate_with_a_slow_policy(cams):
     threading.Timer(1.0, cams["front"].unfreeze).start()
     summary = loop.run()
     recs = loop.telemetry.records
-    assert summary["achieved_hz"] == pytest.approx(20, rel=0.3)
+    assert summary["achieved_hz"] == pytest.approx(20, rel=0.4)   # loose: shared, loaded CI machines
     assert summary["achieved_hz"] > 1.5 * sync["achieved_hz"]
     assert summary["deadline_misses"] / 1.6 < 0.5 * sync["deadline_misses"] / 1.0   # misses per second
     assert summary["actions_sent"] / 1.6 > 1.5 * sync["actions_sent"] / 1.0   # actions per second
