@@ -17,5 +17,6 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e ".[dev,robomimic]"
+# deploy: ONNX Runtime, OpenVINO, NNCF (~360 MB installed, vs ~5.5 GB for torch): the runtime tests run too
+python -m pip install -q -e ".[dev,robomimic,deploy]"
 echo "s2_policy installed: $(python -c 'import s2_policy, torch, mujoco; print("torch", torch.__version__, "mujoco", mujoco.__version__)')"

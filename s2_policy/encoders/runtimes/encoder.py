@@ -123,30 +123,43 @@ class RuntimeEncoder(nn.Module):
             self._metas[shapes] = meta
         return self._metas[shapes]
 
+    def onnx_meta(self, shapes: Shapes) -> dict[str, Any]:
+        """Meta of the cached fp32 ONNX export for ``shapes``, shared by every runtime and precision."""
+        key = cache_key({"fingerprint": self.reference.fingerprint(), "export": "onnx-fp32", "opset": OPSET,
+                         "camera_shapes": [list(s) for s in shapes], "torch": torch.__version__})
+        meta = load_entry(self.cache_dir, key)
+        if meta is None:
+            meta = build_entry(self.cache_dir, key, lambda tmp: self._export(shapes, tmp))
+        return meta
+
+    def _export(self, shapes: Shapes, out_dir: Path) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        export_onnx(self.reference, shapes, out_dir / "model.onnx")
+        return {"export": "onnx-fp32", "camera_shapes": [list(s) for s in shapes], "model": "model.onnx",
+                "fingerprint": self.reference.fingerprint(), "export_s": round(time.perf_counter() - t0, 2)}
+
     def _build(self, shapes: Shapes, out_dir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
-        fp32_dir = out_dir / "fp32"
-        fp32_dir.mkdir()
-        export_onnx(self.reference, shapes, fp32_dir / "model.onnx")
-        t_export = time.perf_counter() - t0
+        onnx = self.onnx_meta(shapes)
+        src = Path(onnx["path"])
         if self.precision == "int8":
-            model = quantize_int8(self.runtime, fp32_dir / "model.onnx", out_dir,
+            model = quantize_int8(self.runtime, src / onnx["model"], out_dir,
                                   self.frames.for_shapes(shapes, "calibrate"))
-            shutil.rmtree(fp32_dir)
-        else:
-            for f in fp32_dir.iterdir():
-                f.rename(out_dir / f.name)
-            fp32_dir.rmdir()
-            model = out_dir / "model.onnx"
+        else:  # the fp32 graph as it is (OpenVINO applies bf16 when compiling); copies: onnx refuses to
+            # read external data through hard links
+            for f in src.iterdir():
+                if f.name != "meta.json":
+                    shutil.copy2(f, out_dir / f.name)
+            model = out_dir / onnx["model"]
         t_build = time.perf_counter() - t0
         session = open_session(self.runtime, self.precision, model, self.threads)
         agreement = self._agreement(session, shapes)
-        log.info("exported the %s %s encoder graph for cameras %s in %.1f s (cosine to fp32 %.5f)",
+        log.info("built the %s %s encoder graph for cameras %s in %.1f s (cosine to fp32 %.5f)",
                  self.runtime, self.precision, list(shapes), t_build, agreement["cosine_mean"])
         return {
             "runtime": self.runtime, "precision": self.precision, "camera_shapes": [list(s) for s in shapes],
             "model": model.name, "fingerprint": self.reference.fingerprint(), "frames": self.frames.identity,
-            "versions": self.versions, "export_s": round(t_export, 2), "build_s": round(t_build, 2),
+            "versions": self.versions, "export_s": onnx["export_s"], "build_s": round(t_build, 2),
             "agreement": agreement,
         }
 
@@ -218,15 +231,22 @@ def _entry_file(meta: dict[str, Any]) -> Path:
     return Path(meta["path"]) / meta["model"]
 
 
-def build_runtime_encoder(config: EncoderConfig, frames: FramePool | None = None) -> RuntimeEncoder:
+def build_runtime_encoder(
+    config: EncoderConfig, frames: FramePool | None = None, reference: S2Encoder | None = None
+) -> RuntimeEncoder:
     """The :class:`RuntimeEncoder` for ``config`` (``config.runtime`` not ``torch``). Calibration frames:
-    ``frames`` if given, else ``config.runtime_calibration`` (a store), else synthetic (fp32/bf16 only)."""
+    ``frames`` if given, else ``config.runtime_calibration`` (a store), else synthetic (fp32/bf16 only).
+    ``reference``: an fp32 PyTorch encoder of the same config to share (saves building one)."""
     if config.runtime == "torch":
         raise ValueError("build_runtime_encoder needs config.runtime set to a runtime, not 'torch'")
     resolve_runtime_precision(config.runtime, config.precision)  # fail before building anything
     if config.device != "cpu":
         raise ValueError(f"runtime={config.runtime!r} runs on the CPU: set device=cpu, not {config.device!r}")
-    reference = build_encoder(config, runtime="torch", precision="fp32", compile=False)
+    torch_config = EncoderConfig.from_dict(config.to_dict(), runtime="torch", precision="fp32", compile=False)
+    if reference is None:
+        reference = build_encoder(torch_config)
+    elif reference.config.to_dict() != torch_config.to_dict():
+        raise ValueError("reference must be built from this config with runtime=torch, precision=fp32")
     if frames is None and config.runtime_calibration:
         frames = FramePool.from_store(config.runtime_calibration, config.runtime_calibration_frames)
     return RuntimeEncoder(reference, config, frames)
