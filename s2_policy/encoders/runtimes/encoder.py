@@ -19,7 +19,7 @@ from ..fingerprint import fingerprint
 from ..s2_encoder import S2Encoder, build_encoder
 from .backends import PACKAGES, open_session, package_version, quantize_int8, resolve_runtime_precision
 from .cache import build_entry, cache_key, cache_root, load_entry
-from .graph import OPSET, FramePool, Shapes, export_onnx
+from .graph import GRAPH_VERSION, OPSET, FramePool, Shapes, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class RuntimeEncoder(nn.Module):
         return cache_key({
             "fingerprint": self.reference.fingerprint(), "runtime": self.runtime, "precision": self.precision,
             "camera_shapes": [list(s) for s in shapes], "frames": self.frames.identity, "opset": OPSET,
-            "versions": self.versions,
+            "graph": GRAPH_VERSION, "versions": self.versions,
         })
 
     def session(self, shapes: Shapes) -> Any:
@@ -126,7 +126,8 @@ class RuntimeEncoder(nn.Module):
     def onnx_meta(self, shapes: Shapes) -> dict[str, Any]:
         """Meta of the cached fp32 ONNX export for ``shapes``, shared by every runtime and precision."""
         key = cache_key({"fingerprint": self.reference.fingerprint(), "export": "onnx-fp32", "opset": OPSET,
-                         "camera_shapes": [list(s) for s in shapes], "torch": torch.__version__})
+                         "graph": GRAPH_VERSION, "camera_shapes": [list(s) for s in shapes],
+                         "torch": torch.__version__})
         meta = load_entry(self.cache_dir, key)
         if meta is None:
             meta = build_entry(self.cache_dir, key, lambda tmp: self._export(shapes, tmp))
@@ -165,11 +166,17 @@ class RuntimeEncoder(nn.Module):
 
     def _agreement(self, session: Any, shapes: Shapes) -> dict[str, Any]:
         """Cosine of the graph's features to the PyTorch fp32 encoder's on the check frames."""
-        cos = []
-        for item in self.frames.for_shapes(shapes, "check"):
-            ours = torch.from_numpy(session.run(item)).flatten(2)
-            ref = self.reference.encode_cameras([torch.from_numpy(a) for a in item]).flatten(2)
-            cos.append(F.cosine_similarity(ours.double(), ref.double(), dim=-1).flatten())
+        items = self.frames.for_shapes(shapes, "check")
+        key = (self.reference.fingerprint(), shapes)
+        if key not in self.frames.reference_features:  # shared by the encoders built on these frames
+            self.frames.reference_features[key] = [
+                self.reference.encode_cameras([torch.from_numpy(a) for a in item]) for item in items
+            ]
+        cos = [
+            F.cosine_similarity(torch.from_numpy(session.run(item)).flatten(2).double(),
+                                ref.flatten(2).double(), dim=-1).flatten()
+            for item, ref in zip(items, self.frames.reference_features[key], strict=True)
+        ]
         c = torch.cat(cos)
         return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()), "n": int(c.numel()),
                 "frames": self.frames.identity}

@@ -15,19 +15,23 @@ from ...data.store import ReplayStore
 from ..preprocess import to_float_chw
 from ..s2_encoder import S2Encoder
 
-OPSET = 18  # Resize with antialias (the preprocessing's bilinear downsampling) needs opset >= 18
+OPSET = 18
+GRAPH_VERSION = 2  # bump when EncoderGraph changes what it computes or how: part of every cache key
 Shapes = tuple[tuple[int, int], ...]
 
 
 class EncoderGraph(nn.Module):
-    """``K`` uint8 camera batches ``(B, H_k, W_k, 3)`` -> features ``(B, K, out_dim)`` (or tokens).
+    """``K`` uint8 camera batches ``(B, H_k, W_k, 3)`` of the fixed ``shapes`` -> features ``(B, K, out_dim)``
+    (or tokens).
 
     Exactly :meth:`S2Encoder.encode_cameras`: preprocessing (crop, antialiased resize, normalisation), the
     tiles of every scale and camera in ONE backbone batch, stitching and pooling. The encoder must be fp32
-    (the runtime applies its own precision).
+    (the runtime applies its own precision). The antialiased resize is two products with constant matrices
+    holding torch's own weights: runtimes implement antialiased ``Resize`` differently (OpenVINO 2026.4
+    differs from torch by up to 40 % when downsampling).
     """
 
-    def __init__(self, encoder: S2Encoder) -> None:
+    def __init__(self, encoder: S2Encoder, shapes: Shapes) -> None:
         super().__init__()
         if encoder.compute_dtype != torch.float32 or encoder.int8_layers:
             raise ValueError(
@@ -35,10 +39,30 @@ class EncoderGraph(nn.Module):
                 "the runtime sets the precision"
             )
         self.encoder = encoder
+        self.shapes = tuple((int(h), int(w)) for h, w in shapes)
+        th, tw = encoder.preprocess.size
+        self.boxes = [encoder.preprocess.crop_box(h, w) for h, w in self.shapes]
+        for k, (_, _, ch, cw) in enumerate(self.boxes):  # buffers: constants of the exported graph
+            self.register_buffer(f"rows{k}", resize_matrix(ch, th), persistent=False)
+            self.register_buffer(f"cols{k}", resize_matrix(cw, tw), persistent=False)
+
+    def preprocess(self, images: torch.Tensor, k: int) -> torch.Tensor:
+        """Camera ``k``'s uint8 frames -> normalised float32 ``(B, 3, *input_size)``."""
+        pre = self.encoder.preprocess
+        if tuple(images.shape[1:3]) != self.shapes[k]:
+            raise ValueError(f"camera {k}: frames {tuple(images.shape)}, graph built for {self.shapes[k]}")
+        x = to_float_chw(images)
+        top, left, ch, cw = self.boxes[k]
+        x = x[:, :, top : top + ch, left : left + cw]
+        if ch != pre.size[0]:
+            x = getattr(self, f"rows{k}") @ x
+        if cw != pre.size[1]:
+            x = x @ getattr(self, f"cols{k}").T
+        return (x - pre.mean) / pre.std
 
     def forward(self, *cameras: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
-        xs = [enc.preprocess(c) for c in cameras]
+        xs = [self.preprocess(c, k) for k, c in enumerate(cameras)]
         b = xs[0].shape[0]
         x = torch.cat(xs, dim=0)
         outs = [enc.backbone.forward_features(t) for t in enc.plan.tile(x)]
@@ -46,10 +70,17 @@ class EncoderGraph(nn.Module):
         return feats.reshape(len(xs), b, *feats.shape[1:]).transpose(0, 1)
 
 
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` weights of torch's antialiased bilinear resize along one axis (align_corners
+    False), read off by resizing the identity: ``R @ v`` resizes ``v`` as ``F.interpolate`` would."""
+    eye = torch.eye(n_in).view(1, 1, n_in, n_in)
+    return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+
+
 def export_onnx(encoder: S2Encoder, shapes: Shapes, path: Path) -> None:
     """Write the ONNX graph of :class:`EncoderGraph` for cameras of ``shapes`` (batch size dynamic) to
     ``path`` (weights may go to a ``.data`` file beside it)."""
-    graph = EncoderGraph(encoder).eval()
+    graph = EncoderGraph(encoder, shapes).eval()
     # an example batch of 2, so that the exporter does not specialise the batch dimension to 1
     example = tuple(torch.zeros((2, h, w, 3), dtype=torch.uint8) for h, w in shapes)
     batch = torch.export.Dim("batch", min=1)
@@ -95,7 +126,8 @@ class FramePool:
     ``cameras`` holds one uint8 ``(N, H, W, 3)`` array per source camera; a graph's camera ``k`` uses
     source ``k % len(cameras)``, fitted to its shape. The first half of the frames calibrates, the second
     half checks (so agreement is measured on frames the quantiser has not seen). ``identity`` enters the
-    graph cache key.
+    graph cache key. ``reference_features`` keeps the PyTorch features of the check frames, so that
+    encoders built on the same pool compute them once.
     """
 
     def __init__(self, cameras: Sequence[np.ndarray], identity: str) -> None:
@@ -107,6 +139,8 @@ class FramePool:
         self.cameras = [np.ascontiguousarray(c[:n]) for c in cameras]
         self.n = n
         self.identity = identity
+        # PyTorch fp32 features of the check frames, per (encoder fingerprint, camera shapes)
+        self.reference_features: dict[tuple[str, Shapes], list[torch.Tensor]] = {}
 
     @classmethod
     def from_arrays(cls, cameras: Sequence[np.ndarray]) -> FramePool:
@@ -142,4 +176,7 @@ class FramePool:
         return [[cam[i : i + 1] for cam in per_cam] for i in range(len(per_cam[0]))]
 
 
-__all__ = ["OPSET", "EncoderGraph", "FramePool", "export_onnx", "fit_frames", "synthetic_frames"]
+__all__ = [
+    "GRAPH_VERSION",
+    "OPSET", "EncoderGraph", "FramePool", "export_onnx", "fit_frames", "resize_matrix", "synthetic_frames",
+]
