@@ -167,17 +167,14 @@ class RuntimeEncoder(nn.Module):
     def _agreement(self, session: Any, shapes: Shapes) -> dict[str, Any]:
         """Cosine of the graph's features to the PyTorch fp32 encoder's on the check frames."""
         items = self.frames.for_shapes(shapes, "check")
+        batch = [np.concatenate(cam) for cam in zip(*items, strict=True)]  # one call for all check frames
         key = (self.reference.fingerprint(), shapes)
         if key not in self.frames.reference_features:  # shared by the encoders built on these frames
-            self.frames.reference_features[key] = [
-                self.reference.encode_cameras([torch.from_numpy(a) for a in item]) for item in items
-            ]
-        cos = [
-            F.cosine_similarity(torch.from_numpy(session.run(item)).flatten(2).double(),
-                                ref.flatten(2).double(), dim=-1).flatten()
-            for item, ref in zip(items, self.frames.reference_features[key], strict=True)
-        ]
-        c = torch.cat(cos)
+            self.frames.reference_features[key] = self.reference.encode_cameras(
+                [torch.from_numpy(a) for a in batch])
+        ref = self.frames.reference_features[key]
+        ours = torch.from_numpy(session.run(batch))
+        c = F.cosine_similarity(ours.flatten(2).double(), ref.flatten(2).double(), dim=-1).flatten()
         return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()), "n": int(c.numel()),
                 "frames": self.frames.identity}
 

@@ -140,7 +140,7 @@ class FramePool:
         self.n = n
         self.identity = identity
         # PyTorch fp32 features of the check frames, per (encoder fingerprint, camera shapes)
-        self.reference_features: dict[tuple[str, Shapes], list[torch.Tensor]] = {}
+        self.reference_features: dict[tuple[str, Shapes], torch.Tensor] = {}
 
     @classmethod
     def from_arrays(cls, cameras: Sequence[np.ndarray]) -> FramePool:
