@@ -1,6 +1,7 @@
 """Real-time benchmark: tile-batched vs naive S2 encoding, and the full camera -> action loop.
 
     python benchmarks/bench_realtime.py [--backbone s2p-nano] [--threads 1] [--precision auto] [--seconds 10]
+    python benchmarks/bench_realtime.py --backbone s2p-nano --threads 1 --runtime openvino   # + a runtime
 
 Prints markdown tables:
 1. encoder latency, tile-batched (every tile of every scale of every camera in ONE backbone call) vs naive
@@ -9,6 +10,9 @@ Prints markdown tables:
 3. the closed loop on synthetic 30 fps cameras and a dry-run robot: MLP head at 30 Hz, diffusion head
    (DDIM, few steps) at 10 Hz: achieved rate, capture->action latency p50/p95/p99, deadline misses.
 Targets (issue): MLP 30 Hz with p99 <= 33 ms; diffusion 10 Hz with p99 <= 100 ms.
+With ``--runtime`` (onnxruntime | openvino, at ``--runtime-precision``) tables 3 and 4 add rows for the
+exported-graph encoder, run in the same process after the torch rows (tables 1-2 stay PyTorch). Runtimes
+compute on their own threads, so their CPU columns undercount: compare wall times and latencies.
 Policies have random weights: latency does not depend on what they learnt.
 """
 
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from s2_policy.encoders import EncoderConfig, build_encoder
 from s2_policy.encoders.checkpoint import WEIGHTS_DIR
+from s2_policy.encoders.runtimes import FramePool, build_runtime_encoder
 from s2_policy.policies import LinearNormalizer, Policy
 from s2_policy.realtime.batcher import TileBatcher, encode_naive
 from s2_policy.realtime.cameras import SyntheticCamera
@@ -166,6 +171,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--ddim-steps", type=int, default=4)
     ap.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    ap.add_argument("--runtime", default=None, choices=["onnxruntime", "openvino"],
+                    help="also run the encode step and the closed loop with this deployment runtime")
+    ap.add_argument("--runtime-precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                    help="the runtime's precision (int8: calibrated on synthetic frames)")
     args = ap.parse_args()
     configure_cpu(args.threads)
     if args.rt_priority:
@@ -197,18 +206,29 @@ def main() -> None:
     variants = {f"{p}, eager": build_encoder(cfg, precision=p) for p in ("fp32", "bf16")}
     if args.compile:
         variants[f"{loop_encoder.compute_dtype}, torch.compile"] = loop_encoder
+    loop_encoders = {"torch": loop_encoder}
+    if args.runtime:
+        rt_cfg = EncoderConfig.from_dict(cfg.to_dict(), runtime=args.runtime,
+                                         precision=args.runtime_precision)
+        pool = FramePool.synthetic(32, encoder.input_size) if args.runtime_precision == "int8" else None
+        rt_encoder = build_runtime_encoder(rt_cfg, pool)
+        name = f"{args.runtime} {rt_encoder.precision}"
+        variants[f"{name}, exported graph"] = loop_encoders[name] = rt_encoder
     print("\n".join(bench_variants(variants, args.rounds)))
     print("\n### Closed loop: 2 synthetic 30 fps cameras, dry-run robot\n")
-    rows = ["| head | inference | target | ticks/s | actions/s | latency p50 / p95 / p99 (ms) | encode p50 | "
-            "policy p50 | step CPU p50 / p99 | deadline misses | late actions | budget met |",
-            "|" + " --- |" * 12]
-    for head, hz, budget, mode in (("mlp", 30.0, 33.0, "sync"), ("mlp", 30.0, 33.0, "async"),
-                                   ("diffusion", 10.0, 100.0, "sync"), ("diffusion", 10.0, 100.0, "async")):
-        s = bench_loop(loop_encoder, head, hz, args.seconds, args.ddim_steps, mode == "async")
+    rows = ["| encoder | head | inference | target | ticks/s | actions/s | latency p50 / p95 / p99 (ms) | "
+            "encode p50 | policy p50 | step CPU p50 / p99 | deadline misses | late actions | budget met |",
+            "|" + " --- |" * 13]
+    runs = [(enc_name, enc, *case) for enc_name, enc in loop_encoders.items() for case in (
+        ("mlp", 30.0, 33.0, "sync"), ("mlp", 30.0, 33.0, "async"),
+        ("diffusion", 10.0, 100.0, "sync"), ("diffusion", 10.0, 100.0, "async"))]
+    for enc_name, enc, head, hz, budget, mode in runs:
+        s = bench_loop(enc, head, hz, args.seconds, args.ddim_steps, mode == "async")
         lat, t = s["timing_ms"]["latency_ms"], s["timing_ms"]
         name = head if head == "mlp" else f"diffusion (DDIM {args.ddim_steps})"
         met = s["achieved_hz"] >= 0.95 * hz and lat["p99"] <= budget
-        rows.append(f"| {name} | {mode} | {hz:.0f} Hz, p99 <= {budget:.0f} ms | {s['achieved_hz']:.1f} | "
+        rows.append(f"| {enc_name} | {name} | {mode} | {hz:.0f} Hz, p99 <= {budget:.0f} ms | "
+                    f"{s['achieved_hz']:.1f} | "
                     f"{s['actions_sent'] / args.seconds:.1f} | "
                     f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} | {t['encode_ms']['p50']:.1f} | "
                     f"{t['policy_ms']['p50']:.1f} | {t['compute_cpu_ms']['p50']:.1f} / "

@@ -17,5 +17,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e ".[dev,robomimic,lerobot]"
+# lerobot: pyarrow + PyAV (LeRobot import/export); deploy: ONNX Runtime, OpenVINO, NNCF (~360 MB installed, vs
+# ~5.5 GB for torch). Both so that their tests run too.
+python -m pip install -q -e ".[dev,robomimic,lerobot,deploy]"
 echo "s2_policy installed: $(python -c 'import s2_policy, torch, mujoco; print("torch", torch.__version__, "mujoco", mujoco.__version__)')"

@@ -11,6 +11,7 @@ POOLINGS = ("cls", "mean", "cls+mean", "tokens")
 NORMALIZATIONS = ("imagenet", "half")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RESIZE_MODES = ("crop", "stretch")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def _size_list(value: Any, name: str) -> list[int | list[int]] | None:
@@ -53,6 +54,16 @@ class EncoderConfig:
         default; its cost is measured in BENCHMARKS.md). Not part of the fingerprint.
     device: where the encoder is built (``cpu``, ``cuda``, ...).
     arch_kwargs: extra keyword arguments for the timm constructor.
+    runtime: ``torch`` (eager PyTorch, the default), or ``onnxruntime`` / ``openvino``: the whole encoder
+        (uint8 frames -> pooled features) exported once per camera shape set into one graph, cached on disk
+        (:mod:`s2_policy.encoders.runtimes`; install ``.[deploy]``). ``tensorrt`` is reserved (not built).
+        With a runtime, ``precision`` means: ``fp32``; ``bf16`` (OpenVINO's inference precision); ``int8``
+        (NNCF post-training quantisation, calibrated on ``runtime_calibration`` frames); ``auto`` (bf16 for
+        OpenVINO on CPUs with bf16 units, else fp32).
+    runtime_cache_dir: where exported graphs are cached (default ``$S2_POLICY_RUNTIME_CACHE`` or
+        ``~/.cache/s2_policy/runtimes``).
+    runtime_calibration: a demonstration store (zarr) whose camera frames calibrate int8 and check agreement.
+    runtime_calibration_frames: how many frames to draw from it (half calibrate, half check).
     """
 
     backbone: str = "s2p-tiny"
@@ -70,6 +81,10 @@ class EncoderConfig:
     check_inputs: bool = True
     device: str = "cpu"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "torch"
+    runtime_cache_dir: str | None = None
+    runtime_calibration: str | None = None
+    runtime_calibration_frames: int = 32
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -79,6 +94,7 @@ class EncoderConfig:
             ("normalize", self.normalize, NORMALIZATIONS),
             ("precision", self.precision, PRECISIONS),
             ("resize", self.resize, RESIZE_MODES),
+            ("runtime", self.runtime, RUNTIMES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {allowed}")
@@ -92,6 +108,12 @@ class EncoderConfig:
         if isinstance(self.max_split_size, list | tuple):
             self.max_split_size = [int(v) for v in self.max_split_size]
         self.arch_kwargs = dict(self.arch_kwargs or {})
+        if int(self.runtime_calibration_frames) < 2:
+            raise ValueError(
+                f"runtime_calibration_frames must be >= 2 (half calibrate, half check), "
+                f"got {self.runtime_calibration_frames}"
+            )
+        self.runtime_calibration_frames = int(self.runtime_calibration_frames)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of all fields."""

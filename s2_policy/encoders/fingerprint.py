@@ -47,8 +47,16 @@ def fingerprint_payload(encoder: S2Encoder) -> dict[str, Any]:
 
 
 def fingerprint(encoder: S2Encoder) -> str:
-    """sha256 hex digest of weights + S2 settings + preprocessing + pooling (:func:`fingerprint_payload`)."""
-    payload = json.dumps(fingerprint_payload(encoder), sort_keys=True, separators=(",", ":"), default=str)
+    """sha256 hex digest of weights + S2 settings + preprocessing + pooling (:func:`fingerprint_payload`).
+
+    An encoder whose numerics change its features beyond the shared tolerance (a deployment runtime whose
+    cosine to PyTorch fp32 is below 0.999) says so with ``fingerprint_extra()``, which enters the digest.
+    """
+    payload = fingerprint_payload(encoder)
+    extra = getattr(encoder, "fingerprint_extra", None)
+    if callable(extra) and (numerics := extra()) is not None:
+        payload["numerics"] = numerics
+    payload = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -93,6 +93,15 @@ class Preprocessor(nn.Module):
         return {"size": list(self.size), "normalize": self.normalize, "resize": self.resize,
                 "interpolation": "bilinear-antialias"}
 
+    def crop_box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """``(top, left, height, width)`` of the window of an ``h x w`` frame that is resized: the largest
+        centred window with the target aspect ratio for ``resize="crop"``, else the whole frame."""
+        th, tw = self.size
+        if self.resize != "crop" or h * tw == w * th:
+            return 0, 0, h, w
+        ch, cw = (h, h * tw // th) if w * th > h * tw else (w * th // tw, w)
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
     def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(images)
@@ -102,11 +111,8 @@ class Preprocessor(nn.Module):
         h, w = x.shape[-2:]
         th, tw = self.size
         if (h, w) != (th, tw):
-            if self.resize == "crop" and h * tw != w * th:
-                # largest centred window with the target aspect ratio
-                ch, cw = (h, h * tw // th) if w * th > h * tw else (w * th // tw, w)
-                top, left = (h - ch) // 2, (w - cw) // 2
-                x = x[:, :, top : top + ch, left : left + cw]
+            top, left, ch, cw = self.crop_box(h, w)
+            x = x[:, :, top : top + ch, left : left + cw]
             if tuple(x.shape[-2:]) != (th, tw):
                 x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean) / self.std

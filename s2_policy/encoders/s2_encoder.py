@@ -127,17 +127,21 @@ class S2Encoder(nn.Module):
     def encode_preprocessed(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (N, 3, *input_size) float32 images -> pooled features (the hot path)."""
         with torch.inference_mode():
-            n, p = x.shape[0], self.num_prefix_tokens
             outs = [self._features(t) for t in self.plan.tile(x, self.compute_dtype)]
-            if self.config.pooling == "cls":  # only the CLS tokens leave the backbone's dtype
-                return self.plan.merge_prefix([o[:, :1].float() for o in outs], n, 1)[:, 0]
-            tokens = self.plan.merge([o.float() for o in outs], n, p, "bnc")
-            if self.config.pooling == "tokens":
-                return tokens
-            mean = tokens[:, p:].mean(dim=1)
-            if self.config.pooling == "mean":
-                return mean
-            return torch.cat([tokens[:, 0], mean], dim=-1)
+            return self.pool(outs, x.shape[0])
+
+    def pool(self, outs: Sequence[torch.Tensor], n: int) -> torch.Tensor:
+        """Backbone outputs of the plan's tile batches for ``n`` images -> pooled float32 features."""
+        p = self.num_prefix_tokens
+        if self.config.pooling == "cls":  # only the CLS tokens leave the backbone's dtype
+            return self.plan.merge_prefix([o[:, :1].float() for o in outs], n, 1)[:, 0]
+        tokens = self.plan.merge([o.float() for o in outs], n, p, "bnc")
+        if self.config.pooling == "tokens":
+            return tokens
+        mean = tokens[:, p:].mean(dim=1)
+        if self.config.pooling == "mean":
+            return mean
+        return torch.cat([tokens[:, 0], mean], dim=-1)
 
     # -- identity ----------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -164,13 +168,22 @@ class S2Encoder(nn.Module):
 
 
 def build_encoder(config: EncoderConfig | dict[str, Any] | None = None, **overrides: Any) -> S2Encoder:
-    """Build a frozen :class:`S2Encoder` from a config (an ``EncoderConfig`` or a mapping of its fields)."""
+    """Build a frozen :class:`S2Encoder` from a config (an ``EncoderConfig`` or a mapping of its fields).
+
+    With ``runtime`` other than ``torch`` the result is a :class:`~s2_policy.encoders.runtimes.RuntimeEncoder`
+    (same interface, the encoder runs as an exported graph).
+    """
     if config is None:
         config = EncoderConfig(**overrides)
     elif not isinstance(config, EncoderConfig):
         config = EncoderConfig.from_dict(config, **overrides)
     elif overrides:
         config = EncoderConfig.from_dict(config.to_dict(), **overrides)
+    if config.runtime != "torch":
+        # function-level: the runtimes package imports this module, and its packages are an optional extra
+        from .runtimes import build_runtime_encoder
+
+        return build_runtime_encoder(config)
     backbone = create_backbone(config.backbone, config.pretrained, config.arch_kwargs)
     path = None
     if config.checkpoint:

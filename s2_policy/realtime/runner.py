@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | None = None,
-                compile: bool = False):
-    """``Policy.load`` + its encoder rebuilt on ``device``, optionally at another precision and/or with
-    ``torch.compile`` (numerics only: the fingerprint, which ignores them, is still verified)."""
+                compile: bool = False, runtime: str | None = None):
+    """``Policy.load`` + its encoder rebuilt on ``device``, optionally at another precision, with
+    ``torch.compile`` or through a deployment ``runtime`` (numerics only: the fingerprint is still verified;
+    a runtime keeps it when its features agree with PyTorch fp32, see s2_policy.encoders.runtimes)."""
     from s2_policy.encoders import build_encoder_from_identity
     from s2_policy.policies import Policy
 
@@ -41,6 +42,8 @@ def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | No
         overrides["precision"] = precision
     if compile:
         overrides["compile"] = True
+    if runtime:
+        overrides["runtime"] = runtime
     policy.attach_encoder(build_encoder_from_identity(dict(policy.encoder_identity), **overrides))
     return policy.eval()
 
@@ -106,7 +109,7 @@ def run_realtime(cfg: Mapping, out_dir: str | Path) -> dict[str, Any]:
     if cfg.get("realtime_priority"):  # before the robot, cameras and loop start threads: they inherit it
         set_realtime_priority(int(cfg["realtime_priority"]))
     policy = load_policy(cfg["checkpoint"], str(cfg.get("device", "cpu")), cfg.get("precision"),
-                         bool(cfg.get("compile", False)))
+                         bool(cfg.get("compile", False)), cfg.get("runtime"))
     robot, cameras = build_robot(cfg, policy)
     missing = [c for c in policy.cameras if c not in cameras]
     if missing:

@@ -1,0 +1,146 @@
+"""Inference sessions (ONNX Runtime, OpenVINO) over an exported encoder graph, and int8 quantisation (NNCF).
+
+The runtime packages are an optional extra (``pip install -e '.[deploy]'``): they are imported when a
+session is made, and a missing one raises an ``ImportError`` that says how to install it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..precision import cpu_has_bf16
+
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+# (runtime, precision) pairs that are built; "auto" is resolved first (resolve_runtime_precision)
+SUPPORTED = {
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+
+
+def require(package: str, runtime: str) -> ModuleType:
+    """Import an optional runtime package, or raise ``ImportError`` naming the install line."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        raise ImportError(
+            f"encoder runtime {runtime!r} needs the {package!r} package: pip install -e '.[deploy]' "
+            "(or set encoder.runtime=torch)"
+        ) from e
+
+
+def resolve_runtime_precision(runtime: str, precision: str) -> str:
+    """The precision a runtime builds for ``precision`` (``auto``: bf16 for OpenVINO on CPUs with bf16
+    units, else fp32); ``ValueError`` for pairs that are not built."""
+    if runtime == "tensorrt":
+        require("tensorrt", runtime)  # raises here: no TensorRT on CPU machines
+        raise ValueError("runtime='tensorrt' is not built yet (it needs an NVIDIA GPU); use openvino on CPUs")
+    if runtime not in SUPPORTED:
+        raise ValueError(f"runtime={runtime!r} is not one of {['torch', *SUPPORTED, 'tensorrt']}")
+    if precision == "auto":
+        return "bf16" if runtime == "openvino" and cpu_has_bf16() else "fp32"
+    if precision not in SUPPORTED[runtime]:
+        hint = " (use runtime=openvino for bf16)" if precision == "bf16" else ""
+        raise ValueError(
+            f"runtime={runtime!r} builds precisions {SUPPORTED[runtime]} (or auto), not {precision!r}{hint}"
+        )
+    return precision
+
+
+def package_version(package: str, runtime: str) -> str:
+    """Version of an optional package (it decides the graph's numerics: part of the cache key)."""
+    mod = require(package, runtime)
+    return str(getattr(mod, "__version__", None) or mod.get_version())
+
+
+class OnnxRuntimeSession:
+    """ONNX Runtime CPU session: ``run(list of camera arrays) -> features``; one call at a time."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ort = require("onnxruntime", "onnxruntime")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting between ops: on a shared CPU spinning threads steal the cores others need
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+        self._lock = threading.Lock()
+
+    def run(self, arrays: list[np.ndarray]) -> np.ndarray:
+        with self._lock:
+            return self.session.run(None, dict(zip(self.names, arrays, strict=True)))[0]
+
+
+class OpenVinoSession:
+    """OpenVINO CPU compiled model (latency mode, one stream); ``hint`` is the inference precision."""
+
+    def __init__(self, path: Path, hint: str, threads: int) -> None:
+        ov = require("openvino", "openvino")
+        core = ov.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": hint,
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.names = [p.get_any_name() for p in self.compiled.inputs]
+        self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def run(self, arrays: list[np.ndarray]) -> np.ndarray:
+        with self._lock:
+            self.request.infer(dict(zip(self.names, arrays, strict=True)))
+            return self.request.get_output_tensor(0).data.copy()
+
+
+def open_session(
+    runtime: str, precision: str, model: Path, threads: int
+) -> OnnxRuntimeSession | OpenVinoSession:
+    """A session for a cached graph file (``model.onnx`` or an OpenVINO ``model.xml``)."""
+    if runtime == "onnxruntime":
+        return OnnxRuntimeSession(model, threads)
+    # int8 graphs keep their non-quantised ops in bf16 where the CPU has it (like the torch int8 path)
+    bf16 = precision == "bf16" or (precision == "int8" and cpu_has_bf16())
+    return OpenVinoSession(model, "bf16" if bf16 else "f32", threads)
+
+
+def quantize_int8(runtime: str, onnx_path: Path, out_dir: Path, items: list[list[np.ndarray]]) -> Path:
+    """NNCF post-training int8 quantisation (transformer preset) of an fp32 ONNX graph, calibrated on
+    ``items`` (one list of camera arrays per call); writes the graph into ``out_dir`` and returns its path."""
+    nncf = require("nncf", runtime)
+    names = [f"camera{k}" for k in range(len(items[0]))]
+    dataset = nncf.Dataset([dict(zip(names, item, strict=True)) for item in items])
+    options: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER, "subset_size": len(items)}
+    if runtime == "openvino":
+        ov = require("openvino", runtime)
+        quantized = nncf.quantize(ov.Core().read_model(str(onnx_path)), dataset, **options)
+        out = out_dir / "model.xml"
+        ov.save_model(quantized, str(out), compress_to_fp16=False)
+        return out
+    onnx = require("onnx", runtime)
+    quantized = nncf.quantize(onnx.load(str(onnx_path)), dataset, **options)
+    out = out_dir / "model.onnx"
+    onnx.save(quantized, str(out), save_as_external_data=True, location="model.onnx.data")
+    return out
+
+
+__all__ = [
+    "SUPPORTED",
+    "OnnxRuntimeSession",
+    "OpenVinoSession",
+    "open_session",
+    "quantize_int8",
+    "require",
+    "resolve_runtime_precision",
+    "package_version",
+]
