@@ -13,7 +13,8 @@ that demonstration, selection and test seeds never share a block (``envs.spec.Se
 
 Observation: ``hand_pos`` (3, m), ``gripper`` (1, finger opening as MetaWorld measures it) and the full
 39-dim MetaWorld vector ``metaworld_obs`` (object poses and goal: privileged, for the scripted experts, not
-for the policy's state). Images come from ``render()`` (upside down; the task's camera spec flips them).
+for the policy's state). Images come from ``render()``: MetaWorld's corner cameras are rolled 180 degrees, so
+the task's camera spec turns them upright (``flip: both``).
 ``info["success"]`` is MetaWorld's success flag; episodes end on success with ``terminate_on_success``.
 Requires the ``metaworld`` extra (``pip install -e ".[dev,robomimic,metaworld]"``, mujoco 3.3.0).
 """
@@ -117,7 +118,7 @@ class MetaWorldEnv(gym.Env):
         return self._obs(raw), float(reward), terminated, bool(truncated), info
 
     def render(self) -> np.ndarray | None:
-        """The camera image as MetaWorld renders it: uint8 (height, width, 3), upside down."""
+        """The camera image as MetaWorld renders it: uint8 (height, width, 3), rotated 180 degrees."""
         return self._env.render()
 
     def scene_vector(self) -> np.ndarray:

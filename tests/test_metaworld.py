@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 
@@ -37,8 +38,13 @@ def test_reset_step_render_upright_and_state_is_proprioception():
         cam = spec.camera_names[0]
         raw_render = env.unwrapped.render()
         assert obs[cam].shape == (128, 128, 3) and obs[cam].dtype == np.uint8
-        np.testing.assert_array_equal(obs[cam], raw_render[::-1])  # flipped upright, nothing else
+        np.testing.assert_array_equal(obs[cam], np.rot90(raw_render, 2))  # turned upright, nothing else
         assert not np.array_equal(obs[cam], raw_render)
+        # why 180 degrees: the camera's image-up axis points down in the world (a rolled camera, not a mirror)
+        sim = env.unwrapped._env
+        cam_id = mujoco.mj_name2id(sim.model, mujoco.mjtObj.mjOBJ_CAMERA, spec.env.kwargs["camera_name"])
+        up = sim.data.cam_xmat[cam_id].reshape(3, 3)[:, 1]
+        assert up[2] < -0.5
         raw = env.unwrapped.last_obs
         assert raw.shape == (39,)
         np.testing.assert_allclose(obs["state"], raw[:4].astype(np.float32))  # hand xyz + gripper, no objects
