@@ -56,7 +56,8 @@ class CameraSpec:
         store_key: the array ``data/<store_key>`` in the demonstration store (default: the camera's name).
         size: ``[h, w]`` (or an int) of the images the policy sees. Rendered images are resized to it; an
             observation image of another size is an error. ``None``: whatever the env gives.
-        flip: ``vertical`` / ``horizontal`` / ``both`` to turn images upright (MetaWorld renders upside down).
+        flip: ``vertical`` / ``horizontal`` / ``both`` to turn images upright (MetaWorld's corner cameras are
+            rolled 180 degrees: ``both``).
     """
 
     obs_key: str | None = None
@@ -120,12 +121,23 @@ class SeedPlan:
     ``selection + i`` and ``test + i``. ``span`` bounds each range (the most episodes any of them may use) so
     that disjointness is checked here, once, when the task is built; the store records the demo seeds it holds
     and every evaluating command refuses them.
+
+    ``scene_pool``: for envs that draw scenes from shared pools (MetaWorld: seeds ``b * 50 .. b * 50 + 49``
+    play the 50 scenes of one MT1 pool, so scene = f(seed // 50)), the pool size. Seeds in one block of
+    ``scene_pool`` consecutive seeds may share scenes, seeds in different blocks do not; so the demo,
+    selection and test bases must be multiples of it (no block spans two roles), and evaluation refuses every
+    seed in a block that holds a demonstration seed, not only the demonstration seeds themselves.
     """
 
     demo: int = 0
     selection: int = 200_000
     test: int = 100_000
     span: int = 100_000
+    scene_pool: int | None = None
+
+    def block(self, seed: int) -> int:
+        """The scene block of ``seed`` (``seed // scene_pool``; the seed itself without a scene pool)."""
+        return int(seed) // self.scene_pool if self.scene_pool else int(seed)
 
     def ranges(self) -> dict[str, range]:
         """The seed range of each role."""
@@ -203,6 +215,15 @@ class TaskSpec:
         s = self.seeds
         if s.span < 1:
             raise bad("seeds.span", f"must be >= 1, got {s.span}")
+        if s.scene_pool is not None:
+            if s.scene_pool < 1:
+                raise bad("seeds.scene_pool", f"must be >= 1 or null, got {s.scene_pool}")
+            starts = {"demo": s.demo * SEED_STRIDE, "selection": s.selection, "test": s.test}
+            off = {k: v for k, v in starts.items() if v % s.scene_pool}
+            if off:
+                raise bad("seeds", f"start seeds {off} are not multiples of seeds.scene_pool="
+                          f"{s.scene_pool}, so a block of seeds sharing scenes would span two roles; round "
+                          "them to multiples of it")
         r = s.ranges()
         for a, b in (("demo", "selection"), ("demo", "test"), ("selection", "test")):
             if r[a].start < r[b].stop and r[b].start < r[a].stop:

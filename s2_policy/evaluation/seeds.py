@@ -30,15 +30,21 @@ def recorded_demo_seeds(store_path: str | Path) -> set[int] | None:
 
 def check_eval_seeds(task: TaskSpec, seeds: Sequence[int], store_path: str | Path | None = None) -> None:
     """Refuse evaluation seeds that are demonstration seeds (recorded in the store or in the plan's demo
-    range)."""
-    demo_range = task.seeds.ranges()["demo"]
-    in_plan = sorted(s for s in seeds if s in demo_range)
+    range) or, with ``seeds.scene_pool``, share a scene block with one (they could replay a demo scene)."""
+    plan = task.seeds
+    demo_range = plan.ranges()["demo"]
+    demo_blocks = range(plan.block(demo_range.start), plan.block(demo_range.stop - 1) + 1)
+    in_plan = sorted(s for s in seeds if plan.block(s) in demo_blocks)
     recorded = recorded_demo_seeds(store_path) if store_path is not None else None
-    in_store = sorted(set(seeds) & recorded) if recorded else []
+    recorded_blocks = {plan.block(s) for s in recorded} if recorded else set()
+    in_store = sorted(s for s in seeds if plan.block(s) in recorded_blocks)
     bad = sorted(set(in_plan) | set(in_store))
     if bad:
-        where = f"recorded as demonstration seeds in {store_path}" if in_store else \
-            f"in the task's demonstration seed range {demo_range}"
+        what = f"demonstration seeds or in their scene blocks (seeds.scene_pool={plan.scene_pool})" \
+            if plan.scene_pool else "demonstration seeds"
+        where = f"recorded as {what} in {store_path}" if in_store else \
+            f"in the task's demonstration seed range {demo_range}" + \
+            (f" (scene blocks of {plan.scene_pool})" if plan.scene_pool else "")
         raise ValueError(f"evaluation seeds {bad[:5]}{' ...' if len(bad) > 5 else ''} are {where}; "
                          "evaluate on "
                          f"the task's test seeds (task.seeds.test={task.seeds.test}) or selection seeds, "
