@@ -65,7 +65,7 @@ except ImportError as e:  # the optional 'lerobot' extra
 
 from s2_policy.atomic import atomic_path, atomic_write_json
 from s2_policy.cli import user_errors
-from s2_policy.data.store import ReplayStore, is_image_array
+from s2_policy.data.store import ReplayStore, is_image_array, resume_conversion
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -530,16 +530,7 @@ def import_lerobot(
         },
     }
     partial = out.with_name(out.name + ".partial")
-    store = None
-    if partial.exists():
-        try:
-            store = ReplayStore.open(partial, mode="a")
-            if store.attrs.get("source_id") != source_id:
-                store = None
-        except ValueError:
-            store = None
-    if store is None:
-        store = ReplayStore.create(partial, attrs=attrs, overwrite=True)
+    store = resume_conversion(partial, attrs, source_id)
     cursors = {
         k: _VideoCursor(k, _hw3(info.features[k]["shape"], info.features[k].get("names")), tolerance_s)
         for k in videos

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from s2_policy.cli import user_errors
-from s2_policy.data.store import ReplayStore, is_image_array
+from s2_policy.data.store import ReplayStore, is_image_array, resume_conversion
 
 __all__ = ["convert_robomimic", "DEFAULT_STATE_KEYS"]
 
@@ -141,16 +141,7 @@ def convert_robomimic(
         }
         if "train" in masks:
             attrs["split"] = {"train": masks["train"], "valid": masks.get("valid", [])}
-        store = None
-        if partial.exists():
-            try:
-                store = ReplayStore.open(partial, mode="a")
-                if store.attrs.get("source_id") != source_id:
-                    store = None
-            except ValueError:
-                store = None
-        if store is None:
-            store = ReplayStore.create(partial, attrs=attrs, overwrite=True)
+        store = resume_conversion(partial, attrs, source_id)
         for name in tqdm(
             demos[store.n_episodes :], desc="robomimic -> zarr", unit="demo", disable=not progress
         ):

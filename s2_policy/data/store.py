@@ -549,6 +549,20 @@ class ReplayStore:
         )
 
 
+def resume_conversion(partial: str | os.PathLike, attrs: Mapping[str, Any], source_id: str) -> ReplayStore:
+    """The partial store of a converter (robomimic, LeRobot): resumed when it was started from the same
+    source (``attrs["source_id"] == source_id``), else created afresh with ``attrs``."""
+    path = Path(partial)
+    if path.exists():
+        try:
+            store = ReplayStore.open(path, mode="a")
+            if store.attrs.get("source_id") == source_id:
+                return store
+        except ValueError:
+            pass  # an unreadable leftover: start over
+    return ReplayStore.create(path, attrs=attrs, overwrite=True)
+
+
 def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """``attrs`` as a dict, or ValueError naming the first value zarr cannot store as JSON."""
     out = dict(attrs)

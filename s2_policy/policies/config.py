@@ -29,6 +29,10 @@ class MLPHeadConfig:
     dropout: float = 0.0
     loss: str = "l2"
 
+    def __post_init__(self) -> None:
+        if self.loss not in ("l2", "l1"):
+            raise ValueError(f"policy.mlp.loss={self.loss!r} is unknown; use 'l2' or 'l1'")
+
 
 @dataclass
 class DiffusionHeadConfig:
@@ -45,6 +49,14 @@ class DiffusionHeadConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     clip_sample: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"policy.diffusion.prediction_type={self.prediction_type!r}; use 'epsilon' or "
+                             "'sample'")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"policy.diffusion.num_inference_steps must be in [1, num_train_timesteps="
+                             f"{self.num_train_timesteps}], got {self.num_inference_steps}")
 
 
 @dataclass
@@ -88,15 +100,7 @@ class PolicyConfig:
         if self.obs_proj_dim < 0 or self.token_proj_dim < 1:
             raise ValueError(f"policy.obs_proj_dim must be >= 0 and token_proj_dim >= 1, got "
                              f"{self.obs_proj_dim}, {self.token_proj_dim}")
-        if self.mlp.loss not in ("l2", "l1"):
-            raise ValueError(f"policy.mlp.loss={self.mlp.loss!r} is unknown; use 'l2' or 'l1'")
-        d = self.diffusion
-        if d.prediction_type not in ("epsilon", "sample"):
-            raise ValueError(f"policy.diffusion.prediction_type={d.prediction_type!r}; use 'epsilon' or "
-                             "'sample'")
-        if not 1 <= d.num_inference_steps <= d.num_train_timesteps:
-            raise ValueError(f"policy.diffusion.num_inference_steps must be in [1, num_train_timesteps="
-                             f"{d.num_train_timesteps}], got {d.num_inference_steps}")
+        d = self.diffusion  # the heads' own settings are checked by their configs
         if self.head == "diffusion" and self.horizon % (2 ** (len(d.down_dims) - 1)):
             raise ValueError(f"policy.horizon={self.horizon} must be divisible by "
                              f"{2 ** (len(d.down_dims) - 1)} "

@@ -22,13 +22,7 @@ class DiffusionHead(nn.Module):
                  cfg: DiffusionHeadConfig | None = None) -> None:
         super().__init__()
         cfg = cfg or DiffusionHeadConfig()
-        down_dims = tuple(cfg.down_dims)
-        if cfg.prediction_type not in ("epsilon", "sample"):
-            raise ValueError(f"prediction_type {cfg.prediction_type!r} is unsupported; use 'epsilon' or "
-                             "'sample'")
-        if not 1 <= cfg.num_inference_steps <= cfg.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [1, num_train_timesteps="
-                             f"{cfg.num_train_timesteps}], got {cfg.num_inference_steps}")
+        down_dims = tuple(cfg.down_dims)  # the config checked its own values
         self.action_dim, self.horizon = action_dim, horizon
         self.num_inference_steps = cfg.num_inference_steps
         self.model = ConditionalUnet1D(action_dim, cond_dim, down_dims, cfg.kernel_size, cfg.n_groups,

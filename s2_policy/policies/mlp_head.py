@@ -20,8 +20,6 @@ class MLPHead(nn.Module):
         super().__init__()
         cfg = cfg or MLPHeadConfig()
         hidden_dim, n_layers, dropout, loss = cfg.hidden_dim, cfg.n_layers, cfg.dropout, cfg.loss
-        if loss not in ("l2", "l1"):
-            raise ValueError(f"MLP head loss {loss!r} is unknown; use 'l2' or 'l1'")
         if min(cond_dim, action_dim, horizon, hidden_dim, n_layers) < 1:
             raise ValueError("MLP head sizes (cond_dim, action_dim, horizon, hidden_dim, n_layers) "
                              "must be >= 1")
