@@ -30,14 +30,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     configure_cpu(cfg.num_threads)
     ckpt = Path(hydra.utils.to_absolute_path(str(cfg.checkpoint)))
     trust = bool(cfg.get("trust_pickle", False))  # old torch.save checkpoints: unpickling can run code
-    task_cfg = cfg.get("task")
-    stored = None
-    if not task_cfg:
-        stored = Policy.load(ckpt, device=cfg.device, load_encoder=False, trust_pickle=trust).meta.get("task")
-        if not stored:
-            raise ValueError(f"{ckpt} stores no task; pass task=<configs/task name>")
-    task = task_spec(cfg) if task_cfg else TaskSpec.from_config(stored)
     policy = Policy.load(ckpt, device=cfg.device, trust_pickle=trust)
+    if cfg.get("task"):
+        task = task_spec(cfg)
+    elif policy.meta.get("task"):
+        task = TaskSpec.from_config(policy.meta["task"])
+    else:
+        raise ValueError(f"{ckpt} stores no task; pass task=<configs/task name>")
     out = Path(cfg.out) if cfg.out else ckpt.parent / f"eval_{task.name}.json"
     res = evaluate_policy(policy, task, cfg.n_episodes, cfg.n_envs, role=cfg.seeds,
                           video_dir=out.parent / "videos" if cfg.n_videos else None, n_videos=cfg.n_videos)
