@@ -167,3 +167,26 @@ def test_policy_token_features_roundtrip(tmp_path):
     torch.testing.assert_close(q.predict_action(obs), a)
     with pytest.raises(ValueError, match="features have shape"):
         p.predict_action({c: torch.randn(1, 2, 6, 12) for c in CAMS} | {"state": torch.zeros(1, 2, 4)})
+
+
+def test_evaluate_ddim_steps_override_changes_the_sampler_and_checks_the_head():
+    from s2_policy.jobs.evaluate import set_ddim_steps
+
+    cfg = {"head": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+           "diffusion": {"down_dims": [8, 16], "num_inference_steps": 10, "num_train_timesteps": 50}}
+    policy = Policy(cfg, 12, CAMS, 4, 4, _normalizer()).eval()
+    calls = []
+    policy.core.head.model.register_forward_hook(lambda *a: calls.append(1))
+    feats, state = torch.randn(1, 2, 2, 12), np.zeros((1, 2, 4), np.float32)
+    policy.predict_from_features(feats, state)
+    assert len(calls) == 10
+    calls.clear()
+    assert set_ddim_steps(policy, 3) == 3
+    policy.predict_from_features(feats, state)
+    assert len(calls) == 3 and policy.config.diffusion.num_inference_steps == 3
+    with pytest.raises(ValueError, match=r"\[1, 50\]"):
+        set_ddim_steps(policy, 51)
+    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
+                 _normalizer())
+    with pytest.raises(ValueError, match="diffusion head"):
+        set_ddim_steps(mlp, 3)

@@ -21,6 +21,21 @@ from s2_policy.policies import Policy
 from s2_policy.runtime import configure_cpu
 
 
+def set_ddim_steps(policy: Policy, steps: int) -> int:
+    """Sample a diffusion policy with ``steps`` DDIM steps instead of the trained setting (choose it on
+    ``seeds=selection``); returns ``steps``."""
+    if policy.config.head != "diffusion":
+        raise ValueError(f"ddim_steps={steps} applies to a diffusion head; this policy's head is "
+                         f"{policy.config.head!r}: leave ddim_steps=null")
+    limit = policy.config.diffusion.num_train_timesteps
+    if not 1 <= steps <= limit:
+        raise ValueError(f"ddim_steps must be in [1, {limit}] (the policy's num_train_timesteps), "
+                         f"got {steps}")
+    policy.config.diffusion.num_inference_steps = steps
+    policy.core.head.num_inference_steps = steps
+    return steps
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns the result dict (also written as JSON)."""
     if cfg.checkpoint is None:
@@ -37,10 +52,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         task = TaskSpec.from_config(policy.meta["task"])
     else:
         raise ValueError(f"{ckpt} stores no task; pass task=<configs/task name>")
+    label = policy.meta.get("label", ckpt.stem)
+    if cfg.get("ddim_steps") is not None:
+        label = f"{label}+ddim{set_ddim_steps(policy, int(cfg.ddim_steps))}"
     out = Path(cfg.out) if cfg.out else ckpt.parent / f"eval_{task.name}.json"
     res = evaluate_policy(policy, task, cfg.n_episodes, cfg.n_envs, role=cfg.seeds,
                           video_dir=out.parent / "videos" if cfg.n_videos else None, n_videos=cfg.n_videos)
-    result = {"label": policy.meta.get("label", ckpt.stem), "checkpoint": str(ckpt), "task": task.name,
+    result = {"label": label, "checkpoint": str(ckpt), "task": task.name,
               "rollout": res, "encoder": {"identity": policy.encoder_identity,
                                           **encoder_profile(policy.encoder, task_image_sizes(task))},
               "trainable_params": policy.trainable_parameters(), "policy_config": policy.config.to_dict(),
