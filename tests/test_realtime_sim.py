@@ -198,7 +198,10 @@ def test_target_errors_name_the_target_and_the_fix(checkpoint, tmp_path):
         not_a_camera = {"_target_": "collections.OrderedDict", "name": "wrist"}
         run_realtime({**base, "robot": "dry_run", "cameras": [cams[0], not_a_camera]}, tmp_path)
     # the old forms say what to write instead
-    with pytest.raises(ValueError, match=r"robot=\{_target_: my_pkg\.arm\.MyArm, \.\.\.keyword arguments\}"):
+    with pytest.raises(ValueError, match=r"module:Class form is gone; write "
+                                         r"robot=\{_target_: my_pkg\.arm\.MyArm, \.\.\.keyword arguments\}"):
         run_realtime({**base, "robot": "my_pkg.arm:MyArm"}, tmp_path)
+    with pytest.raises(ValueError, match=r"robot='arm': use sim, dry_run or robot=\{_target_"):
+        run_realtime({**base, "robot": "arm"}, tmp_path)
     with pytest.raises(ValueError, match=r"robot_kwargs is gone.*robot=\{_target_"):
         run_realtime({**base, "robot": "dry_run", "robot_kwargs": {"ip": "10.0.0.2"}}, tmp_path)

@@ -107,10 +107,12 @@ def build_robot(cfg: Mapping, policy: Any) -> tuple[Robot, dict[str, CameraSourc
     if "robot_kwargs" in cfg:
         raise ValueError("robot_kwargs is gone: put the keyword arguments next to the class, "
                          "robot={_target_: package.module.RobotClass, arg: value, ...}")
+    if isinstance(kind, str) and ":" in kind:
+        raise ValueError(f"robot={kind!r}: the package.module:Class form is gone; write "
+                         f"robot={{_target_: {kind.replace(':', '.')}, ...keyword arguments}}")
     if isinstance(kind, str) and kind not in ("sim", "dry_run"):
-        hint = (f"robot={{_target_: {kind.replace(':', '.')}, ...keyword arguments}}" if ":" in kind
-                else "robot={_target_: package.module.RobotClass, ...keyword arguments}")
-        raise ValueError(f"robot={kind!r}: use sim, dry_run or a mapping with _target_: {hint}")
+        raise ValueError(f"robot={kind!r}: use sim, dry_run or "
+                         "robot={_target_: package.module.RobotClass, ...keyword arguments}")
     if not isinstance(kind, str) and not (isinstance(kind, Mapping) and "_target_" in kind):
         raise ValueError(f"robot={kind!r}: use sim, dry_run or {{_target_: package.module.RobotClass, ...}}")
     specs = list(cfg.get("cameras") or [])
