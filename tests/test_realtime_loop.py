@@ -13,11 +13,12 @@ import torch
 
 from s2_policy.policies import LinearNormalizer, Policy
 from s2_policy.realtime.actions import ActionScheduler
-from s2_policy.realtime.cameras import SimCamera, SyntheticCamera
+from s2_policy.realtime.cameras import Frame, SimCamera, SyntheticCamera
+from s2_policy.realtime.inference import Inference
 from s2_policy.realtime.loop import ControlLoop, LoopConfig
 from s2_policy.realtime.robot import DryRunRobot
-from s2_policy.realtime.safety import SafetyConfig
-from s2_policy.realtime.telemetry import Telemetry
+from s2_policy.realtime.safety import SafetyConfig, SafetyMonitor
+from s2_policy.realtime.telemetry import StepRecord, Telemetry
 
 CAMS = ["front", "wrist"]
 
@@ -95,6 +96,77 @@ def test_newest_chunk_wins_or_chunks_are_temporally_ensembled():
         ActionScheduler(0.0, 0.1, ensemble="average")
     with pytest.raises(ValueError, match="chunk"):
         s.add_chunk(np.zeros(4), 0.0, 0.0)
+
+
+# -- inference: observation history, epochs ----------------------------------------------------------------
+class CountingEncoder:
+    """Features of encode call ``n`` (1-based) are all ``n``: the history's order is readable from them."""
+
+    def __init__(self):
+        self.calls = 0
+        self.during = None  # called inside encode: something happening while a chunk is computed
+
+    def encode(self, images):
+        self.calls += 1
+        if self.during is not None:
+            self.during()
+        return torch.full((len(images), 1), float(self.calls))
+
+
+class RecordingPolicy:
+    """Records the feature/state history it is given; returns a zero chunk (4 actions of dim 2)."""
+
+    cameras, n_obs_steps, n_action_steps = CAMS, 3, 4
+
+    def __init__(self):
+        self.seen: list[tuple[list[int], list[float]]] = []
+
+    def predict_from_features(self, feats, state):
+        assert feats.shape == (1, self.n_obs_steps, len(CAMS), 1) and state.shape == (1, self.n_obs_steps, 2)
+        self.seen.append(([int(v) for v in feats[0, :, 0, 0]], [float(v) for v in state[0, :, 0]]))
+        return torch.zeros(1, self.n_action_steps, 2)
+
+
+def test_inference_pads_the_history_like_training_and_invalidates_it_with_the_schedule():
+    """The first observation (and the first after an invalidation) fills all n_obs_steps slots, as the
+    training sampler's pad_before repeats the edge frame; later frames shift in. A chunk whose inference spans
+    an invalidation (a fault raised by the tick thread meanwhile) is not scheduled."""
+    policy, enc = RecordingPolicy(), CountingEncoder()
+    inf = Inference(policy, enc, SafetyMonitor(SafetyConfig(max_step_s=10.0)))
+    t0 = time.monotonic()
+    inf.restart(ActionScheduler(t0, period=10.0))
+    frames = {c: Frame(np.zeros((4, 4, 3), np.uint8), t0, 0) for c in CAMS}
+
+    def step(state: float) -> StepRecord:
+        rec = StepRecord(step=0, t=0.0, status="")
+        assert inf.infer_and_schedule(frames, np.full(2, state, np.float32), t0, time.monotonic(), rec) == []
+        return rec
+
+    inf.check_episode(0)
+    assert step(1.0).inferred and policy.seen[-1] == ([1, 1, 1], [1.0, 1.0, 1.0])
+    assert inf.scheduler.pending(t0) == 4
+    inf.observe(frames, np.full(2, 2.0, np.float32))
+    step(3.0)
+    assert policy.seen[-1] == ([1, 2, 3], [1.0, 2.0, 3.0])
+    step(4.0)
+    assert policy.seen[-1] == ([2, 3, 4], [2.0, 3.0, 4.0])
+    inf.invalidate()
+    assert inf.scheduler.pending(t0) == 0
+    step(5.0)
+    assert policy.seen[-1] == ([5, 5, 5], [5.0, 5.0, 5.0]) and inf.scheduler.pending(t0) == 4
+    inf.check_episode(0)  # same episode: the history goes on
+    step(6.0)
+    assert policy.seen[-1][0] == [5, 5, 6]
+    inf.check_episode(1)  # the scene was reset
+    step(7.0)
+    assert policy.seen[-1][0] == [7, 7, 7]
+
+    enc.during = inf.invalidate
+    step(8.0)
+    assert inf.scheduler.pending(t0) == 0, "a chunk computed across an invalidation was scheduled"
+    enc.during = None
+    step(9.0)
+    assert policy.seen[-1][0] == [9, 9, 9] and inf.scheduler.pending(t0) == 4
 
 
 # -- the loop ------------------------------------------------------------------------------------------------

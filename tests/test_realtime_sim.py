@@ -15,7 +15,8 @@ from tasks import load_task
 from s2_policy.data.store import ReplayStore
 from s2_policy.encoders import EncoderConfig, build_encoder
 from s2_policy.policies import LinearNormalizer, Policy
-from s2_policy.realtime.robot import SimRobot
+from s2_policy.realtime.cameras import SyntheticCamera
+from s2_policy.realtime.robot import Robot, RobotState, SimRobot
 from s2_policy.realtime.runner import run_realtime
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -115,3 +116,92 @@ def test_dry_run_on_live_cameras(checkpoint, tmp_path):
     summary = run_realtime(cfg, tmp_path)
     assert summary["steps"] == 5 and summary["robot"]["actions_received"] == summary["actions_sent"] > 0
     assert summary["cameras"]["wrist"]["captured"] > 0 and (tmp_path / "telemetry.json").is_file()
+
+
+class RecordingRobot(Robot):
+    """A user's robot built from ``robot: {_target_: ...}``: reports its keyword arguments and what it got."""
+
+    def __init__(self, action_dim: int, state: list, label: str = "") -> None:
+        self.action_dim, self.state_arg, self.label = action_dim, state, label
+        self._state = np.asarray(state, np.float32)
+        self.actions, self.started, self.closed = 0, False, False
+
+    def start(self) -> "RecordingRobot":
+        self.started = True
+        return self
+
+    def get_state(self) -> RobotState:
+        return RobotState(self._state, time.monotonic(), 0)
+
+    def send_action(self, action: np.ndarray) -> None:
+        assert np.shape(action) == (self.action_dim,)
+        self.actions += 1
+
+    def hold(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def stats(self) -> dict:
+        return {"label": self.label, "state": self.state_arg, "actions": self.actions,
+                "started": self.started, "closed": self.closed}
+
+
+class TaggedCamera(SyntheticCamera):
+    """A user's camera built from a ``cameras`` entry with ``_target_``."""
+
+    def __init__(self, name: str, tag: str, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        self.tag = tag
+
+    def stats(self) -> dict:
+        return {**super().stats(), "tag": self.tag}
+
+
+def test_target_robot_and_camera_are_instantiated_with_their_kwargs(checkpoint, tmp_path):
+    """The command-line form from docs/realtime.md: hydra composes the mappings, the runner instantiates them,
+    and the loop runs against the user's robot."""
+    robot = f"{{_target_: {__name__}.RecordingRobot, action_dim: 4, state: [0.1, 0.2, 0.3, 0.4], label: a7}}"
+    wrist = f"{{_target_: {__name__}.TaggedCamera, name: wrist, tag: left, height: 48, width: 40, fps: 30}}"
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("realtime", overrides=[
+            f"checkpoint={checkpoint}", "threads=1", f"robot={robot}",
+            f"cameras=[front:synthetic:30,{wrist}]", "loop.rate_hz=10", "loop.max_steps=5",
+            "safety.max_step_s=2.0", "safety.stale_s=1.0"])
+    summary = run_realtime(OmegaConf.to_container(cfg, resolve=True), tmp_path)
+    assert summary["steps"] == 5 and summary["stop_reason"] == "max_steps"
+    assert summary["actions_sent"] > 0
+    assert summary["robot"] == {"label": "a7", "state": [0.1, 0.2, 0.3, 0.4],
+                                "actions": summary["actions_sent"], "started": True, "closed": True}
+    assert summary["cameras"]["wrist"]["tag"] == "left" and summary["cameras"]["wrist"]["captured"] > 0
+
+
+def test_target_errors_name_the_target_and_the_fix(checkpoint, tmp_path):
+    cams = ["front:synthetic:30", "wrist:synthetic:30"]
+    base = {"checkpoint": str(checkpoint), "threads": 1, "cameras": cams}
+    arm = f"{__name__}.RecordingRobot"
+    with pytest.raises(ValueError, match=r"robot: cannot import _target_ 'no_such_pkg\.arm\.MyArm' "
+                                         r"\(.*No module named 'no_such_pkg'.*PYTHONPATH"):
+        run_realtime({**base, "robot": {"_target_": "no_such_pkg.arm.MyArm"}}, tmp_path)
+    with pytest.raises(ValueError, match=r"robot: _target_ collections.OrderedDict built a "
+                                         r"collections.OrderedDict, not a s2_policy\.realtime\.robot\.Robot"):
+        run_realtime({**base, "robot": {"_target_": "collections.OrderedDict"}}, tmp_path)
+    with pytest.raises(ValueError, match=r"RecordingRobot\(\*\*\{'action_dim': 4, 'speed': 2\}\) failed"
+                                         r".*'speed'"):
+        run_realtime({**base, "robot": {"_target_": arm, "action_dim": 4, "speed": 2}}, tmp_path)
+    with pytest.raises(ValueError, match=r"cameras\[1\]: _target_ collections.OrderedDict .*not a "
+                                         r"s2_policy\.realtime\.cameras\.CameraSource"):
+        not_a_camera = {"_target_": "collections.OrderedDict", "name": "wrist"}
+        run_realtime({**base, "robot": "dry_run", "cameras": [cams[0], not_a_camera]}, tmp_path)
+    # the old forms say what to write instead
+    with pytest.raises(ValueError, match=r"module:Class form is gone; write "
+                                         r"robot=\{_target_: my_pkg\.arm\.MyArm, \.\.\.keyword arguments\}"):
+        run_realtime({**base, "robot": "my_pkg.arm:MyArm"}, tmp_path)
+    with pytest.raises(ValueError, match=r"robot='arm': use sim, dry_run or robot=\{_target_"):
+        run_realtime({**base, "robot": "arm"}, tmp_path)
+    with pytest.raises(ValueError, match=r"robot_kwargs is gone.*robot=\{_target_"):
+        run_realtime({**base, "robot": "dry_run", "robot_kwargs": {"ip": "10.0.0.2"}}, tmp_path)

@@ -14,6 +14,10 @@ missed instead of bursting to catch up):
 With ``async_inference`` step 2 runs continuously on a worker thread instead (newest frames each time), so a
 policy slower than the control period still yields one action per tick from its chunks; faults, checks and
 scheduling are the same, and a fault discards chunks still being computed (an epoch counter).
+
+This module owns the tick and the run. The observation history, encode + predict, chunk scheduling and the
+worker thread are in :mod:`s2_policy.realtime.inference`; the phase lock in ``phase_lock``, the fault checks
+in ``safety``.
 """
 
 from __future__ import annotations
@@ -23,42 +27,19 @@ import math
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
-import torch
+from typing import Any
 
 from s2_policy.realtime.actions import ActionScheduler
-from s2_policy.realtime.cameras import CameraSource, Frame
+from s2_policy.realtime.cameras import CameraSource
+from s2_policy.realtime.inference import FeaturePolicy, FrameEncoder, Inference, InferenceWorker
 from s2_policy.realtime.phase_lock import PhaseLock
 from s2_policy.realtime.robot import Robot
 from s2_policy.realtime.safety import SafetyConfig, SafetyMonitor
 from s2_policy.realtime.telemetry import StepRecord, Telemetry
 
 log = logging.getLogger(__name__)
-
-
-class FeaturePolicy(Protocol):
-    """What the loop needs from a policy (``s2_policy.policies.Policy`` provides it)."""
-
-    cameras: list[str]
-
-    @property
-    def n_obs_steps(self) -> int: ...
-
-    @property
-    def n_action_steps(self) -> int: ...
-
-    def predict_from_features(self, feats: torch.Tensor, state: Any) -> torch.Tensor: ...
-
-
-class FrameEncoder(Protocol):
-    """What the loop needs from the tile batcher: one frame per camera -> features ``(K, F)``."""
-
-    def encode(self, images: Sequence[np.ndarray]) -> torch.Tensor: ...
 
 
 @dataclass
@@ -119,16 +100,11 @@ class ControlLoop:
         self._stop = threading.Event()
         self.stop_reason = ""
         self._robot_stopped = False
-        self._history: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=policy.n_obs_steps)
-        self._episode: int | None = None
         self._dropped_seen = {c: 0 for c in self.cameras}
         self.phase = PhaseLock(cfg.period, cfg.sync_lag_ms * 1e-3, cfg.max_frame_wait_ms * 1e-3)
-        # scheduled actions and the observation history are invalidated together by bumping the epoch
-        self._lock = threading.Lock()
-        self._epoch = self._history_epoch = 0
-        self._worker_reasons: list[str] = []
-        self._worker_done: StepRecord | None = None
-        self._worker_error: BaseException | None = None
+        self.inference = Inference(policy, encoder, self.safety)
+        self.worker = (InferenceWorker(self.inference, self.cameras, robot, cfg.period, self._stop,
+                                       self.request_stop) if cfg.async_inference else None)
 
     def request_stop(self, reason: str = "requested") -> None:
         """Ask the loop to finish after the current tick (thread-safe)."""
@@ -140,19 +116,8 @@ class ControlLoop:
         """Start the tick grid at ``t0`` (default: now) with an empty schedule and observation history."""
         self.t0 = self.t_start = time.monotonic() if t0 is None else t0
         self.phase.restart()
-        self.scheduler = ActionScheduler(self.t0, self.cfg.period, self.cfg.ensemble, self.cfg.ensemble_k)
-        self._invalidate()
-
-    def _invalidate(self) -> None:
-        """Forget scheduled actions; the observation history is dropped before the next inference."""
-        with self._lock:
-            self._epoch += 1
-            self.scheduler.clear()
-
-    def _check_episode(self, episode: int) -> None:
-        if episode != self._episode:  # the scene was reset: old observations and chunks do not apply
-            self._episode = episode
-            self._invalidate()
+        cfg = self.cfg
+        self.inference.restart(ActionScheduler(self.t0, cfg.period, cfg.ensemble, cfg.ensemble_k))
 
     # -- one tick -------------------------------------------------------------------------------------------
     def _new_drops(self) -> int:
@@ -163,66 +128,8 @@ class ControlLoop:
             self._dropped_seen[name] = d
         return total
 
-    def _observe(self, frames: Mapping[str, Frame], state: np.ndarray) -> None:
-        """Encode the frames and append them with the state to the observation history."""
-        if self._history_epoch != self._epoch:
-            self._history.clear()
-            self._history_epoch = self._epoch
-        feats = self.encoder.encode([frames[c].image for c in self.cameras])
-        if not self._history:
-            self._history.extend([(feats, state)] * self.policy.n_obs_steps)  # pad like training (edge frame)
-        else:
-            self._history.append((feats, state))
-
-    def _infer(self, frames: Mapping[str, Frame], state: np.ndarray, rec: StepRecord) -> np.ndarray:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        self._observe(frames, state)
-        t1 = time.perf_counter()
-        f = torch.stack([h[0] for h in self._history])[None]
-        s = np.stack([h[1] for h in self._history])[None]
-        actions = self.policy.predict_from_features(f, s)
-        actions = actions.detach().float().cpu().numpy()[0]
-        rec.encode_ms, rec.policy_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
-        rec.compute_cpu_ms = (time.thread_time() - c0) * 1e3
-        return actions
-
-    def _infer_and_schedule(self, frames: Mapping[str, Frame], state: np.ndarray, t_obs: float, t_wake: float,
-                            rec: StepRecord) -> list[str]:
-        """Encode + predict + check; schedule the chunk unless a fault/reset happened meanwhile."""
-        epoch = self._epoch
-        actions = self._infer(frames, state, rec)
-        rec.inferred = True
-        t_done = time.monotonic()
-        reasons = self.safety.check_step(actions, t_done - t_wake)
-        if not reasons:
-            t_capture = min(f.t_capture for f in frames.values())
-            with self._lock:
-                if epoch == self._epoch:
-                    rec.late_actions = self.scheduler.add_chunk(actions, t_obs, t_done, t_capture)
-        return reasons
-
-    def _worker(self) -> None:
-        """``async_inference``: infer continuously on the newest frames while the tick thread acts."""
-        try:
-            while not self._stop.is_set():
-                t_wake = time.monotonic()
-                frames = {c: cam.latest() for c, cam in self.cameras.items()}
-                if self.safety.check_inputs(self.cameras, frames, self.robot.connected, t_wake):
-                    self._stop.wait(self.cfg.period / 4)  # the tick thread reports the fault
-                    continue
-                rs = self.robot.get_state()
-                self._check_episode(rs.episode)
-                rec = StepRecord(step=-1, t=t_wake - self.t_start, status="")
-                reasons = self._infer_and_schedule(frames, rs.state, t_wake, t_wake, rec)
-                with self._lock:
-                    self._worker_reasons.extend(reasons)
-                    self._worker_done = rec
-        except BaseException as e:  # surfaced by run(); the robot is left holding
-            self._worker_error = e
-            self.request_stop(f"inference failed: {type(e).__name__}: {e}")
-
     def _safe_action(self, rec: StepRecord, reason: str) -> None:
-        self._invalidate()
+        self.inference.invalidate()
         rec.reason = reason
         if self.cfg.safety.on_fault == "stop" and not reason.startswith("recovering"):
             self.robot.stop()
@@ -250,30 +157,24 @@ class ControlLoop:
                 # ticks to the next planned inference; the n_obs_steps - 1 ticks before it are observed
                 # (encoded into the history) so the policy sees consecutive frames, as in training
                 to_next = -k % self.infer_every
-                infer = to_next == 0 or self.scheduler.pending(t_wake) == 0
+                infer = to_next == 0 or self.inference.scheduler.pending(t_wake) == 0
                 if infer or to_next < self.policy.n_obs_steps:
                     rs = self.robot.get_state()
-                    self._check_episode(rs.episode)
+                    self.inference.check_episode(rs.episode)
                     if infer:
-                        reasons = self._infer_and_schedule(frames, rs.state, t_tick, t_wake, rec)
+                        reasons = self.inference.infer_and_schedule(frames, rs.state, t_tick, t_wake, rec)
                     else:
                         t_obs_start = time.perf_counter()
-                        self._observe(frames, rs.state)
+                        self.inference.observe(frames, rs.state)
                         rec.encode_ms = (time.perf_counter() - t_obs_start) * 1e3
-        if self.cfg.async_inference:
-            with self._lock:
-                reasons = reasons + self._worker_reasons
-                done, self._worker_reasons, self._worker_done = self._worker_done, [], None
-            if done is not None:
-                rec.inferred, rec.late_actions = True, done.late_actions
-                rec.encode_ms, rec.policy_ms = done.encode_ms, done.policy_ms
-                rec.compute_cpu_ms = done.compute_cpu_ms
+        if self.worker is not None:
+            reasons = reasons + self.worker.take(rec)
         reason = self.safety.update(reasons, time.monotonic())
         if reason:
             self._safe_action(rec, reason)
         else:
-            with self._lock:
-                due = self.scheduler.pop(time.monotonic())
+            with self.inference.lock:
+                due = self.inference.scheduler.pop(time.monotonic())
             if due is None:
                 self.robot.hold()
             else:
@@ -294,10 +195,8 @@ class ControlLoop:
         period = self.cfg.period
         self.reset_clock()
         restore = self._install_sigint()
-        worker = None
-        if self.cfg.async_inference:
-            worker = threading.Thread(target=self._worker, name="realtime-inference", daemon=True)
-            worker.start()
+        if self.worker is not None:
+            self.worker.start(self.t_start)
         k = 0
         try:
             while not self._stop.is_set():
@@ -317,23 +216,23 @@ class ControlLoop:
                 self.telemetry.add(self.tick(k, t_tick))
                 shift = self.phase.correction() if self.cfg.sync_to_camera else 0.0
                 if shift:
-                    with self._lock:
+                    with self.inference.lock:
                         self.t0 += shift
-                        self.scheduler.t0 = self.t0
+                        self.inference.scheduler.t0 = self.t0
                 # skip ticks whose start has already passed (no catch-up bursts)
                 k = max(k + 1, math.floor((time.monotonic() - self.t0) / period) + 1)
         except KeyboardInterrupt:
             self.request_stop("interrupted")
         finally:
             self._stop.set()
-            if worker is not None:
-                worker.join(timeout=30.0)
+            if self.worker is not None:
+                self.worker.join(timeout=30.0)
             restore()
             if not self._robot_stopped:
                 self.robot.hold()
         log.info("realtime loop stopped: %s", self.stop_reason)
-        if self._worker_error is not None:
-            raise RuntimeError(self.stop_reason) from self._worker_error
+        if self.worker is not None and self.worker.error is not None:
+            raise RuntimeError(self.stop_reason) from self.worker.error
         return self.telemetry.summary({"stop_reason": self.stop_reason})
 
     def _install_sigint(self):

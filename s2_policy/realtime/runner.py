@@ -1,17 +1,22 @@
 """Assemble and run the real-time loop from a config (``configs/realtime.yaml``): policy, encoder, cameras,
-robot, tile batcher, loop, telemetry files."""
+robot, tile batcher, loop, telemetry files.
+
+A user's own robot or camera is built with hydra's ``instantiate`` from a mapping with ``_target_`` (the
+class's dotted path) and its keyword arguments: ``robot: {_target_: my_pkg.arm.MyArm, ip: 10.0.0.2}``.
+"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from envs.spec import TaskSpec
 from s2_policy.evaluation.seeds import eval_seeds
@@ -24,6 +29,8 @@ from s2_policy.realtime.telemetry import Telemetry
 from s2_policy.runtime import configure_cpu, set_realtime_priority
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def load_policy(checkpoint: str | Path, device: str = "cpu", precision: str | None = None,
@@ -58,9 +65,56 @@ def _task(cfg: Mapping, policy: Any) -> TaskSpec:
     return spec
 
 
+def instantiate_as(spec: Mapping, base: type[T], key: str) -> T:
+    """``hydra.utils.instantiate(spec)`` for config key ``key``, checked to be a ``base``.
+
+    Containers in the arguments arrive as plain lists/dicts (``_convert_: all``; the spec may override it).
+    Errors name the key, the target and the fix.
+    """
+    target = spec.get("_target_")
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"{key}: _target_ must be the dotted path of a class, e.g. my_pkg.arm.MyArm; "
+                         f"got {target!r}")
+    try:
+        obj = instantiate({"_convert_": "all", **spec})
+    except InstantiationException as e:
+        if str(e).startswith("Error locating target"):
+            why = " ".join(str(e.__cause__).split("\n"))  # hydra's own: what failed to import, and a guess
+            raise ValueError(f"{key}: cannot import _target_ {target!r} ({why}). Give the dotted path "
+                             "package.module.Class of a class importable in this Python (pip install its "
+                             "package, or add its folder to PYTHONPATH)") from e
+        if isinstance(e.__cause__, TypeError):
+            args = {k: v for k, v in spec.items() if k != "_target_"}
+            raise ValueError(f"{key}: {target}(**{args}) failed: {e.__cause__}") from e
+        raise (e.__cause__ or e) from None  # the constructor's own error, as it raised it
+    if not isinstance(obj, base):
+        raise ValueError(f"{key}: _target_ {target} built a {type(obj).__module__}.{type(obj).__qualname__}, "
+                         f"not a {base.__module__}.{base.__qualname__}: the class must subclass it and "
+                         "implement its abstract methods")
+    return obj
+
+
+def build_camera(spec: str | Mapping, key: str = "cameras") -> CameraSource:
+    """One ``cameras`` entry: ``{_target_, ...kwargs}`` is instantiated, other forms go to ``make_camera``."""
+    if isinstance(spec, Mapping) and "_target_" in spec:
+        return instantiate_as(spec, CameraSource, key)
+    return make_camera(spec)
+
+
 def build_robot(cfg: Mapping, policy: Any) -> tuple[Robot, dict[str, CameraSource]]:
     """The robot and the cameras the policy will see (the simulator's own cameras for ``robot=sim``)."""
     kind = cfg.get("robot", "sim")
+    if "robot_kwargs" in cfg:
+        raise ValueError("robot_kwargs is gone: put the keyword arguments next to the class, "
+                         "robot={_target_: package.module.RobotClass, arg: value, ...}")
+    if isinstance(kind, str) and ":" in kind:
+        raise ValueError(f"robot={kind!r}: the package.module:Class form is gone; write "
+                         f"robot={{_target_: {kind.replace(':', '.')}, ...keyword arguments}}")
+    if isinstance(kind, str) and kind not in ("sim", "dry_run"):
+        raise ValueError(f"robot={kind!r}: use sim, dry_run or "
+                         "robot={_target_: package.module.RobotClass, ...keyword arguments}")
+    if not isinstance(kind, str) and not (isinstance(kind, Mapping) and "_target_" in kind):
+        raise ValueError(f"robot={kind!r}: use sim, dry_run or {{_target_: package.module.RobotClass, ...}}")
     specs = list(cfg.get("cameras") or [])
     if kind == "sim":
         if specs:
@@ -74,21 +128,14 @@ def build_robot(cfg: Mapping, policy: Any) -> tuple[Robot, dict[str, CameraSourc
         return robot, dict(robot.cameras)
     if not specs:
         raise ValueError(f"robot={kind} needs live cameras, e.g. cameras=[front:opencv:0,wrist:opencv:2]")
-    cameras = {c.name: c for c in (make_camera(s) for s in specs)}
+    cameras = {c.name: c for c in (build_camera(s, f"cameras[{i}]") for i, s in enumerate(specs))}
     if kind == "dry_run":
         state = (cfg.get("dry_run") or {}).get("state")
         state = np.zeros(policy.state_dim, np.float32) if state is None else np.asarray(state, np.float32)
         if state.shape != (policy.state_dim,):
             raise ValueError(f"dry_run.state must have {policy.state_dim} values, got {state.shape}")
         return DryRunRobot(policy.action_dim, state), cameras
-    if ":" not in str(kind):
-        raise ValueError(f"robot={kind!r}: use sim, dry_run or package.module:RobotClass")
-    module, _, name = str(kind).partition(":")
-    robot_cls = getattr(importlib.import_module(module), name)
-    robot = robot_cls(**dict(cfg.get("robot_kwargs") or {}))
-    if not isinstance(robot, Robot):
-        raise ValueError(f"{kind} does not implement s2_policy.realtime.robot.Robot")
-    return robot, cameras
+    return instantiate_as(kind, Robot, "robot"), cameras
 
 
 def _wait_for_frames(cameras: Mapping[str, CameraSource], timeout_s: float) -> dict[str, tuple[int, int]]:
