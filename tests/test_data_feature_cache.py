@@ -159,3 +159,25 @@ def test_real_s2_encoder(tmp_path: Path) -> None:
         np.testing.assert_allclose(b.get(cam), want, rtol=1e-4, atol=1e-4)
     ds = SequenceDataset(store.path, cameras=CAMS, horizon=2, n_obs_steps=2, n_action_steps=1, features=b)
     assert ds[0]["obs"]["wrist"].shape == (2, s2.out_dim)
+
+
+def test_cache_dir_elsewhere_for_read_only_stores(tmp_path: Path) -> None:
+    import shutil
+
+    store = make_store(tmp_path / "s.zarr")
+    enc = StandInEncoder()
+    caches = tmp_path / "caches"
+    cache = ensure_feature_cache(store.path, enc, CAMS, batch_size=8, cache_dir=caches, progress=False,
+                                 fingerprint="fp-a")
+    assert cache.path.parent == caches and enc.calls == 2
+    assert not Path(f"{store.path}.features").exists()   # nothing written beside the store
+    # the key does not depend on the store's path: a copy of the store finds the same cache
+    shutil.copytree(store.path, tmp_path / "copy.zarr")
+    again = ensure_feature_cache(tmp_path / "copy.zarr", enc, CAMS, batch_size=8, cache_dir=caches,
+                                 progress=False, fingerprint="fp-a")
+    assert again.path == cache.path and enc.calls == 2
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"cache\.dir=<writable folder>"):
+        ensure_feature_cache(store.path, enc, CAMS, cache_dir=blocker / "caches", progress=False,
+                             fingerprint="fp-a")

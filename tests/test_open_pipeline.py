@@ -110,7 +110,8 @@ def test_main_job_trains_and_evaluates_on_a_users_store_and_env(tmp_path):
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "train_policy.py"), "--config-dir", str(cfg_dir), "task=user_reach",
            "encoder=s2p-nano", "s2=single", "train=smoke", "train.steps=60", "policy.horizon=4",
-           "policy.n_action_steps=2", "eval.n_episodes=6", "eval.n_videos=0", f"hydra.run.dir={run_dir}"]
+           "policy.n_action_steps=2", "eval.n_episodes=6", "eval.n_videos=0",
+           f"cache.dir={tmp_path / 'caches'}", f"hydra.run.dir={run_dir}"]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
     result = json.loads((run_dir / "result.json").read_text())
@@ -118,8 +119,9 @@ def test_main_job_trains_and_evaluates_on_a_users_store_and_env(tmp_path):
     roll = result["rollout"]
     assert roll["n_episodes"] == 6 and [e["seed"] for e in roll["episodes"]][:2] == [100000, 100001]
     assert roll["success_rate"] >= 0.5   # the demos always push right: the policy must learn that
-    # the store was only read (its feature cache lives beside it)
+    # the store was only read; its feature cache went to cache.dir, nothing was written beside the store
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
+    assert list((tmp_path / "caches").glob("*.zarr")) and not (tmp_path / "user.zarr.features").exists()
     assert not dict(zarr.open_group(str(store), mode="r").attrs)
 
 

@@ -163,7 +163,9 @@ def ensure_feature_cache(
 
     ``encoder`` follows the ``S2Encoder`` interface: ``out_dim`` and ``encode_cameras([imgs_cam0, ...])``
     taking uint8 (B, H, W, 3) tensors and returning (B, K, out_dim). ``fingerprint`` defaults to
-    ``s2_policy.encoders.fingerprint(encoder)``. ``cache_dir`` defaults to ``<store_path>.features/``.
+    ``s2_policy.encoders.fingerprint(encoder)``. ``cache_dir`` defaults to ``<store_path>.features/``; pass
+    another folder for a read-only store (the key does not depend on the store's path, so one folder can hold
+    the caches of many stores).
     Another process building the same cache is waited for at most ``lock_timeout_s`` (then TimeoutError).
 
     With ``world > 1`` (DDP: every rank calls this with its ``rank``; ``torch.distributed`` initialised) each
@@ -190,10 +192,15 @@ def ensure_feature_cache(
     store_id = store_identity(store, cameras)
     key = _cache_key(fingerprint, cameras, store_id)
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(f"{store.path}.features")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / f"{key}.zarr"
-    if final.exists():
+    if final.exists():  # a finished cache is only read: it may sit in a read-only folder
         return FeatureCache(final)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the feature cache folder {cache_dir} ({e.strerror}); when the "
+                         "store's folder is read-only, put the cache elsewhere: cache.dir=<writable folder> "
+                         "(train_policy.py) or cache_dir=... (ensure_feature_cache)") from e
     ident = {"key": key, "fingerprint": fingerprint, "store_id": store_id}
     if world > 1:
         shards = [_shard_range(store.n_frames, r, world, batch_size) for r in range(world)]

@@ -119,7 +119,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store_keys = [task.store_key(c) for c in task.camera_names]
     world = dist.get_world_size() if dist.is_initialized() else 1
     cache = ensure_feature_cache(store_path, encoder, store_keys, batch_size=cfg.cache.batch_size,
-                                 rank=rank, world=world)
+                                 cache_dir=cfg.cache.dir, rank=rank, world=world)
     timings["feature_cache_s"] = time.perf_counter() - t
 
     # 3. data, normaliser, policy
