@@ -273,3 +273,15 @@ def test_shipped_checkpoint_is_mvp_format_and_loads_as_builtin(arch: str, dim: i
     with torch.no_grad():
         ours = vit.forward_features(FrameSampler(frames, 2).to_tensor(frames))[:, 0]
         torch.testing.assert_close(enc(frames), ours, rtol=1e-5, atol=1e-5)
+
+
+def test_amp_auto_follows_the_cpus_bf16_units(monkeypatch):
+    from s2_policy.pretrain import train as pt
+
+    monkeypatch.setattr(pt, "cpu_has_bf16", lambda: False)
+    assert pt.resolve_amp("auto") is False and pt.resolve_amp(False) is False
+    assert pt.resolve_amp(True) is True        # asked for explicitly: kept (with a warning)
+    monkeypatch.setattr(pt, "cpu_has_bf16", lambda: True)
+    assert pt.resolve_amp("auto") is True
+    with pytest.raises(ValueError, match="auto, true or false"):
+        pt.resolve_amp("yes")
