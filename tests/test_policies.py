@@ -190,3 +190,18 @@ def test_evaluate_ddim_steps_override_changes_the_sampler_and_checks_the_head():
                  _normalizer())
     with pytest.raises(ValueError, match="diffusion head"):
         set_ddim_steps(mlp, 3)
+
+
+def test_evaluate_action_steps_override_executes_fewer_actions_per_chunk():
+    from s2_policy.jobs.evaluate import set_action_steps
+
+    p = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
+               _normalizer()).eval()
+    feats, state = torch.randn(1, 2, 2, 12), np.zeros((1, 2, 4), np.float32)
+    full = p.predict_from_features(feats, state)
+    assert set_action_steps(p, 2) == 2 and p.n_action_steps == 2
+    short = p.predict_from_features(feats, state)
+    assert short.shape == (1, 2, 4)
+    torch.testing.assert_close(short, full[:, :2])      # the same chunk, cut after 2 actions
+    with pytest.raises(ValueError, match=r"\[1, horizon - n_obs_steps \+ 1 = 7\]"):
+        set_action_steps(p, 8)

@@ -36,6 +36,17 @@ def set_ddim_steps(policy: Policy, steps: int) -> int:
     return steps
 
 
+def set_action_steps(policy: Policy, steps: int) -> int:
+    """Execute ``steps`` actions of each predicted chunk before predicting again (re-plan more or less often
+    than trained; choose it on ``seeds=selection``); returns ``steps``."""
+    c = policy.config
+    if not 1 <= steps <= c.horizon - c.n_obs_steps + 1:
+        raise ValueError(f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = "
+                         f"{c.horizon - c.n_obs_steps + 1}] for this policy, got {steps}")
+    c.n_action_steps = steps
+    return steps
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns the result dict (also written as JSON)."""
     if cfg.checkpoint is None:
@@ -55,6 +66,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     label = policy.meta.get("label", ckpt.stem)
     if cfg.get("ddim_steps") is not None:
         label = f"{label}+ddim{set_ddim_steps(policy, int(cfg.ddim_steps))}"
+    if cfg.get("n_action_steps") is not None:
+        label = f"{label}+exec{set_action_steps(policy, int(cfg.n_action_steps))}"
     out = Path(cfg.out) if cfg.out else ckpt.parent / f"eval_{task.name}.json"
     res = evaluate_policy(policy, task, cfg.n_episodes, cfg.n_envs, role=cfg.seeds,
                           video_dir=out.parent / "videos" if cfg.n_videos else None, n_videos=cfg.n_videos)
