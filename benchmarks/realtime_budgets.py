@@ -39,6 +39,18 @@ def parse_policy(spec: str) -> tuple[str, Path, float]:
     return name, Path(ckpt).resolve(), float(hz)
 
 
+def cpu_model() -> str:
+    """CPU model name and its vector extensions that matter here (AVX512, bf16 units)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name or platform.machine()} ({', '.join(ext) or 'no AVX2'})"
+
+
 def run_loop(ckpt: Path, hz: float, out: Path, args: argparse.Namespace, fifo: int | None,
              sim_episodes: int | None = None) -> dict:
     """One loop run in its own process; returns its telemetry.json plus the per-tick CSV rows."""
@@ -121,8 +133,8 @@ def main() -> None:
                     f"{np.percentile(react, 50):.1f} / {np.percentile(react, 99):.1f} | "
                     f"{sum(str(r['deadline_miss']).lower() in ('true', '1') for r in t['_rows'])} of "
                     f"{len(t['_rows'])} |")
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {args.threads}, load average {os.getloadavg()[0]:.2f}")
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print("\n| policy | rate | scheduling | runs x ticks | latency p50 / p99 (all ticks) ms | p99 per run ms "
           "| encode / policy p50 ms | deadline misses | achieved Hz | budget met |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
