@@ -8,10 +8,10 @@ Usage:
 Each ``--policy NAME=CHECKPOINT@HZ`` is run ``--runs`` times for ``--seconds`` each, every run its own process
 (as a user runs the loop): dry-run robot, two synthetic cameras at 30 fps and the policy's image size, the
 policy every tick (``loop.infer_every=1``), normal scheduling. With ``--fifo PRIORITY`` each policy also gets
-the same runs under SCHED_FIFO (needs root or CAP_SYS_NICE). With ``--sim-episodes N`` each policy then runs
-``N`` episodes on the simulated robot (``robot=sim``, the task's test seeds) for its success rate and
-reaction times with the simulator on the same cores. Prints a markdown table; per-run telemetry stays under
-``--out``.
+``--fifo-runs`` runs under SCHED_FIFO (needs root or CAP_SYS_NICE). With ``--sim-episodes N`` each policy
+then runs ``N`` episodes on the simulated robot (``robot=sim``, the task's test seeds) for its success
+rate and reaction times with the simulator on the same cores. Prints a markdown table;
+Per-run telemetry stays under ``--out``.
 """
 
 from __future__ import annotations
@@ -109,17 +109,18 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="synthetic frame height = width")
     ap.add_argument("--cameras", nargs="+", default=["front", "wrist"])
     ap.add_argument("--fifo", type=int, default=None, help="also run under SCHED_FIFO at this priority")
+    ap.add_argument("--fifo-runs", type=int, default=2, help="runs per policy under SCHED_FIFO (extra row)")
     ap.add_argument("--sim-episodes", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "realtime_budgets")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     policies = [parse_policy(p) for p in args.policy]
-    scheds = [("normal", None)] + ([("FIFO", args.fifo)] if args.fifo else [])
+    scheds = [("normal", None, args.runs)] + ([("FIFO", args.fifo, args.fifo_runs)] if args.fifo else [])
     table = []
-    for sched, prio in scheds:
+    for sched, prio, n_runs in scheds:
         for name, ckpt, hz in policies:
             runs = []
-            for i in range(args.runs):
+            for i in range(n_runs):
                 runs.append(run_loop(ckpt, hz, args.out / f"{name}_{sched}_{i}", args, prio))
                 p99 = np.percentile(_col(runs[-1]["_rows"], "latency_ms"), 99)
                 print(f"{name} {sched} run {i}: latency p99 {p99:.1f} ms", flush=True)
