@@ -25,6 +25,23 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@functools.cache
+def cpu_has_vnni() -> bool:
+    """True when the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without them
+    int8 kernels multiply u8 x s8 pairs with 16-bit saturation, which 8-bit weights can overflow."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_vnni_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
     """Weight/compute dtype for ``precision`` on ``device``.
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from s2_policy.data.feature_cache import ensure_feature_cache
 from s2_policy.data.store import ReplayStore
 from s2_policy.encoders import EncoderConfig, build_encoder, fingerprint
+from s2_policy.encoders.precision import cpu_has_bf16, cpu_has_vnni
 from s2_policy.encoders.runtimes import encoder as runtime_encoder
 from s2_policy.encoders.runtimes import synthetic_frames
 
@@ -79,7 +80,8 @@ def test_fp32_graph_matches_torch_with_non_square_tiling(runtime: str, cache_dir
 @needs_deploy
 def test_openvino_bf16_and_int8_agree_with_fp32_on_mae_weights(cache_dir: Path, tmp_path: Path) -> None:
     """Shipped MAE s2p-nano, S2 [64, 128]: bf16 and int8 (NNCF, calibrated on a store's frames) at mean
-    cosine >= 0.999 to PyTorch fp32 on frames the calibration did not see (int8's worst frame: ~0.9988)."""
+    cosine >= 0.999 to PyTorch fp32 on frames the calibration did not see (int8's worst frame: ~0.9988); on
+    a CPU without VNNI int8 may fall just below, and then must not share the torch fingerprint."""
     rng = np.random.default_rng(0)
     store = ReplayStore.create(tmp_path / "calib.zarr", attrs={"cameras": ["front"]})
     store.add_episode({"front": synthetic_frames(32, (96, 96), seed=7),
@@ -94,10 +96,18 @@ def test_openvino_bf16_and_int8_agree_with_fp32_on_mae_weights(cache_dir: Path, 
         ))
         got = enc.encode_cameras(cams)
         cos = cosine(got, want)
-        assert cos.mean().item() >= 0.999, (precision, cos)  # the sharing rule (mean cosine)
+        # int8 without VNNI (AVX2 only): 7-bit weights against overflow, measured mean 0.9989 (0.9944 before)
+        floor = 0.999 if precision == "bf16" or cpu_has_vnni() else 0.998
+        assert cos.mean().item() >= floor, (precision, cos)
         assert cos.min().item() >= (0.9995 if precision == "bf16" else 0.998), (precision, cos)
-        assert cos.min().item() < 1 - 1e-7, "bf16/int8 features equal fp32's: was the precision applied?"
-        assert enc.graph_meta(((96, 96), (96, 96)))["agreement"]["cosine_mean"] >= 0.999
+        if precision == "int8" or cpu_has_bf16():  # without bf16 units OpenVINO computes bf16 in fp32
+            assert cos.min().item() < 1 - 1e-7, "bf16/int8 features equal fp32's: was the precision applied?"
+        if floor == 0.999:
+            assert enc.graph_meta(((96, 96), (96, 96)))["agreement"]["cosine_mean"] >= 0.999
+        # the sharing rule (measured at the encoder's input size): torch's fingerprint only at mean cosine
+        # >= 0.999, else one of its own
+        agreement = enc.agreement()["cosine_mean"]
+        assert (fingerprint(enc) == fingerprint(ref)) == (agreement >= 0.999), (precision, agreement)
 
 
 @needs_deploy

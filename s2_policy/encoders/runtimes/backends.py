@@ -7,6 +7,7 @@ session is made, and a missing one raises an ``ImportError`` that says how to in
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..precision import cpu_has_bf16
+from ..precision import cpu_has_bf16, cpu_has_vnni
+
+log = logging.getLogger(__name__)
 
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 # (runtime, precision) pairs that are built; "auto" is resolved first (resolve_runtime_precision)
@@ -111,6 +114,9 @@ def open_session(
         return OnnxRuntimeSession(model, threads)
     # int8 graphs keep their non-quantised ops in bf16 where the CPU has it (like the torch int8 path)
     bf16 = precision == "bf16" or (precision == "int8" and cpu_has_bf16())
+    if precision == "bf16" and not cpu_has_bf16():
+        log.warning("precision=bf16: this CPU has no bf16 units, so OpenVINO computes in fp32 (the features "
+                    "equal fp32's); precision=auto picks fp32 here without this warning")
     return OpenVinoSession(model, "bf16" if bf16 else "f32", threads)
 
 
@@ -121,6 +127,10 @@ def quantize_int8(runtime: str, onnx_path: Path, out_dir: Path, items: list[list
     names = [f"camera{k}" for k in range(len(items[0]))]
     dataset = nncf.Dataset([dict(zip(names, item, strict=True)) for item in items])
     options: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER, "subset_size": len(items)}
+    if not cpu_has_vnni():  # 7-bit weights on every layer: no 16-bit overflow in the u8 x s8 kernels
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        options["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     if runtime == "openvino":
         ov = require("openvino", runtime)
         quantized = nncf.quantize(ov.Core().read_model(str(onnx_path)), dataset, **options)
