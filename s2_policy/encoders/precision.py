@@ -9,11 +9,10 @@ import torch
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matrix units (AVX512-BF16 or AMX), i.e. bf16 GEMMs beat fp32."""
+def _cpu_has(torch_probes: tuple[str, ...], cpuinfo_flags: tuple[str, ...]) -> bool:
+    """True when any of torch's ``torch.cpu`` probes says so, else when ``/proc/cpuinfo`` lists any flag."""
     cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+    for probe in torch_probes:
         fn = getattr(cpu, probe, None)
         if fn is not None and fn():
             return True
@@ -22,24 +21,21 @@ def cpu_has_bf16() -> bool:
             flags = f.read()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(flag in flags for flag in cpuinfo_flags)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix units (AVX512-BF16 or AMX), i.e. bf16 GEMMs beat fp32."""
+    return _cpu_has(("_is_avx512_bf16_supported", "_is_amx_tile_supported"), ("avx512_bf16", "amx_bf16"))
 
 
 @functools.cache
 def cpu_has_vnni() -> bool:
     """True when the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without them
     int8 kernels multiply u8 x s8 pairs with 16-bit saturation, which 8-bit weights can overflow."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_vnni_supported", "_is_amx_tile_supported"):
-        fn = getattr(cpu, probe, None)
-        if fn is not None and fn():
-            return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return _cpu_has(("_is_avx512_vnni_supported", "_is_amx_tile_supported"),
+                    ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
