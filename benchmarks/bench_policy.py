@@ -63,16 +63,19 @@ def main() -> None:
                                                               "action": torch.rand(b, 16, 4) * 2 - 1}
 
     # -- training steps/s --------------------------------------------------------------------------------
+    # "fused" is what the Trainer runs (fused AdamW, foreach EMA); "loop" is torch's CPU default (a Python
+    # loop over the parameter tensors), kept here as the before/after reference.
     trainers = {}
     for head in ("mlp", "diffusion"):
-        p = make_policy(head, feat)
-        params = list(p.core.parameters())
-        opt = torch.optim.AdamW(params, lr=1e-4)
-        ema = EMAModel(params, power=0.75) if head == "diffusion" else None
-        trainers[head] = (p, params, opt, ema, make_batch(train_batch_size(head)))
+        for variant in ("loop", "fused"):
+            p = make_policy(head, feat)
+            params = list(p.core.parameters())
+            opt = torch.optim.AdamW(params, lr=1e-4, fused=variant == "fused")
+            ema = EMAModel(params, power=0.75, foreach=variant == "fused") if head == "diffusion" else None
+            trainers[head, variant] = (p, params, opt, ema, make_batch(train_batch_size(head)))
 
-    def train_steps(head: str, n: int) -> float:
-        p, params, opt, ema, batch = trainers[head]
+    def train_steps(key: tuple[str, str], n: int) -> float:
+        p, params, opt, ema, batch = trainers[key]
         t = time.perf_counter()
         for _ in range(n):
             loss = p.core(*prepare_batch(p, batch, torch.arange(len(batch["action"]))))
@@ -84,19 +87,19 @@ def main() -> None:
                 ema.step(params)
         return n / (time.perf_counter() - t)
 
-    rates: dict[str, list[float]] = {h: [] for h in trainers}
-    for h in trainers:
-        train_steps(h, 3)
+    rates: dict[tuple[str, str], list[float]] = {k: [] for k in trainers}
+    for k in trainers:
+        train_steps(k, 3)
     for _ in range(3):
-        for h in trainers:
-            rates[h].append(train_steps(h, args.steps))
+        for k in trainers:
+            rates[k].append(train_steps(k, args.steps))
     print(f"## Training on cached token features ({args.threads} thread(s))\n")
-    print("| head | batch | trainable params | steps/s (median of 3) | ms/step |")
-    print("|---|---|---|---|---|")
-    for h, r in rates.items():
+    print("| head | optimizer | batch | trainable params | steps/s (median of 3) | ms/step |")
+    print("|---|---|---|---|---|---|")
+    for (h, v), r in rates.items():
         m = statistics.median(r)
-        print(f"| {h} | {train_batch_size(h)} | {trainers[h][0].trainable_parameters():,} | {m:.1f} | "
-              f"{1000 / m:.1f} |")
+        print(f"| {h} | AdamW {v} | {train_batch_size(h)} | {trainers[h, v][0].trainable_parameters():,} | "
+              f"{m:.1f} | {1000 / m:.1f} |")
 
     # -- inference latency ----------------------------------------------------------------------------------
     from s2_policy.encoders import build_encoder
@@ -105,7 +108,7 @@ def main() -> None:
             "s2": build_encoder({"backbone": "s2p-tiny", "scales": [1, 2], "pooling": "tokens"})}
     configs = {}
     for head in ("mlp", "diffusion"):
-        p = trainers[head][0]
+        p = trainers[head, "fused"][0]
         p.eval()
         feats = torch.randn(1, 2, 2, *feat)
         state = torch.zeros(1, 2, 4)

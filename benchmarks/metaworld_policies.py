@@ -1,11 +1,12 @@
-"""MetaWorld tasks through the main job: single scale vs S2, several training seeds, one comparison per task.
+"""MetaWorld tasks through the main job: single scale vs S2 (vs a larger encoder), several training seeds.
 
 Usage (needs the metaworld extra, mujoco 3.3.0; README "MetaWorld"):
 ``python benchmarks/metaworld_policies.py [--tasks assembly hammer ...] [--seeds 0 1 2]
-[--out outputs/mw_policies]``
+[--configs single s2 large] [--out outputs/mw_policies]``
 
-For every task, training seed and configuration (``s2=single``, ``s2=s2``) it runs
-``python train_policy.py task=metaworld/<task> s2=<cfg> seed=<seed>`` with the defaults otherwise (25
+For every task, training seed and configuration (``single``: ``s2=single``; ``s2``: ``s2=s2``; ``large``:
+``encoder=s2p-small s2=single``, the fine-detail study's Large) it runs
+``python train_policy.py task=metaworld/<task> <overrides> seed=<seed>`` with the defaults otherwise (25
 demonstrations, 50 test episodes on the task's test seeds), one run at a time, and skips runs whose
 ``result.json`` already exists (the sweep resumes). Then ``python -m s2_policy.evaluation.compare`` per task
 (training seed as the unit: Welch's t on per-seed rates). Prints one markdown table: per-seed successes per
@@ -24,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer"]
-CONFIGS = ["single", "s2"]
+CONFIGS = {"single": ["s2=single"], "s2": ["s2=s2"], "large": ["encoder=s2p-small", "s2=single"]}
 
 
 def run_one(task: str, cfg: str, seed: int, out: Path) -> float:
@@ -32,7 +33,7 @@ def run_one(task: str, cfg: str, seed: int, out: Path) -> float:
     run_dir = out / task / cfg / f"seed{seed}"
     if (run_dir / "result.json").exists():
         return 0.0
-    cmd = [sys.executable, "train_policy.py", f"task=metaworld/{task}", f"s2={cfg}", f"seed={seed}",
+    cmd = [sys.executable, "train_policy.py", f"task=metaworld/{task}", *CONFIGS[cfg], f"seed={seed}",
            f"hydra.run.dir={run_dir}", "train.progress=false"]
     t0 = time.perf_counter()
     with open(out / f"{task}_{cfg}_seed{seed}.log", "w") as log:
@@ -58,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=TASKS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["single", "s2"],
+                    help="configurations to run (compare also reads results already in --out)")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "mw_policies")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,10 +68,10 @@ def main() -> None:
     rows = []
     for task in args.tasks:
         for seed in args.seeds:
-            for cfg in CONFIGS:
+            for cfg in args.configs:
                 wall = run_one(task, cfg, seed, args.out)
-                print(f"{task} s2={cfg} seed={seed}: {wall:.0f} s" if wall else
-                      f"{task} s2={cfg} seed={seed}: done earlier", flush=True)
+                print(f"{task} {cfg} seed={seed}: {wall:.0f} s" if wall else
+                      f"{task} {cfg} seed={seed}: done earlier", flush=True)
         walls = [float(p.read_text()) for p in (args.out / task).glob("*/seed*/wall_s.txt")]
         rows.append((task, compare(task, args.out), walls))
     print("\n| task | configuration | successes of 50 per training seed | mean | Welch p vs single "

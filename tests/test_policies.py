@@ -192,6 +192,48 @@ def test_evaluate_ddim_steps_override_changes_the_sampler_and_checks_the_head():
         set_ddim_steps(mlp, 3)
 
 
+def test_timestep_spacing_sets_where_ddim_sampling_starts():
+    from s2_policy.jobs.evaluate import set_timestep_spacing
+
+    cfg = {"head": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+           "diffusion": {"down_dims": [8, 16], "num_inference_steps": 4, "num_train_timesteps": 100,
+                         "timestep_spacing": "leading"}}
+    assert Policy({**cfg, "diffusion": {"down_dims": [8, 16]}}, 12, CAMS, 4, 4,
+                  _normalizer()).config.diffusion.timestep_spacing == "trailing"     # the default
+    policy = Policy(cfg, 12, CAMS, 4, 4, _normalizer()).eval()
+    seen: list[int] = []
+    policy.core.head.model.register_forward_hook(lambda m, args, out: seen.append(int(args[1])))
+    feats, state = torch.randn(1, 2, 2, 12), np.zeros((1, 2, 4), np.float32)
+    policy.predict_from_features(feats, state)
+    assert seen == [75, 50, 25, 0]             # leading: never the pure-noise level 99
+    seen.clear()
+    assert set_timestep_spacing(policy, "trailing") == "trailing"
+    policy.predict_from_features(feats, state)
+    assert seen == [99, 74, 49, 24] and policy.config.diffusion.timestep_spacing == "trailing"
+    with pytest.raises(ValueError, match="leading"):
+        set_timestep_spacing(policy, "uniform")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        Policy({**cfg, "diffusion": {**cfg["diffusion"], "timestep_spacing": "uniform"}}, 12, CAMS, 4, 4,
+               _normalizer())
+    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
+                 _normalizer())
+    with pytest.raises(ValueError, match="diffusion head"):
+        set_timestep_spacing(mlp, "trailing")
+
+
+def test_checkpoint_written_before_timestep_spacing_keeps_its_sampler():
+    cfg = {"head": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+           "diffusion": {"down_dims": [8, 16], "num_inference_steps": 4, "timestep_spacing": "trailing"}}
+    ckpt = Policy(cfg, 12, CAMS, 4, 4, _normalizer()).checkpoint_dict()
+    new = Policy.from_checkpoint_dict(ckpt, load_encoder=False)
+    assert new.config.diffusion.timestep_spacing == "trailing"
+    del ckpt["config"]["diffusion"]["timestep_spacing"]    # as saved by earlier versions
+    old = Policy.from_checkpoint_dict(ckpt, load_encoder=False)
+    assert old.config.diffusion.timestep_spacing == "leading"
+    old.core.head.infer_scheduler.set_timesteps(4)
+    assert old.core.head.infer_scheduler.timesteps.tolist() == [75, 50, 25, 0]
+
+
 def test_evaluate_action_steps_override_executes_fewer_actions_per_chunk():
     from s2_policy.jobs.evaluate import set_action_steps
 

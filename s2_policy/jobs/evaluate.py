@@ -18,6 +18,7 @@ from s2_policy.evaluation.evaluate import evaluate_policy, format_result, write_
 from s2_policy.evaluation.profile import encoder_profile, task_image_sizes
 from s2_policy.jobs.common import task_spec, user_errors
 from s2_policy.policies import Policy
+from s2_policy.policies.config import TIMESTEP_SPACINGS
 from s2_policy.runtime import configure_cpu
 
 
@@ -32,8 +33,21 @@ def set_ddim_steps(policy: Policy, steps: int) -> int:
         raise ValueError(f"ddim_steps must be in [1, {limit}] (the policy's num_train_timesteps), "
                          f"got {steps}")
     policy.config.diffusion.num_inference_steps = steps
-    policy.core.head.num_inference_steps = steps
+    policy.core.head.set_sampler(num_inference_steps=steps)
     return steps
+
+
+def set_timestep_spacing(policy: Policy, spacing: str) -> str:
+    """Sample a diffusion policy with DDIM timestep ``spacing`` (``leading`` | ``trailing`` | ``linspace``)
+    instead of the trained setting (choose it on ``seeds=selection``); returns ``spacing``."""
+    if policy.config.head != "diffusion":
+        raise ValueError(f"timestep_spacing={spacing} applies to a diffusion head; this policy's head is "
+                         f"{policy.config.head!r}: leave timestep_spacing=null")
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing={spacing!r}; use one of {TIMESTEP_SPACINGS}")
+    policy.config.diffusion.timestep_spacing = spacing
+    policy.core.head.set_sampler(timestep_spacing=spacing)
+    return spacing
 
 
 def set_action_steps(policy: Policy, steps: int) -> int:
@@ -66,6 +80,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     label = policy.meta.get("label", ckpt.stem)
     if cfg.get("ddim_steps") is not None:
         label = f"{label}+ddim{set_ddim_steps(policy, int(cfg.ddim_steps))}"
+    if cfg.get("timestep_spacing") is not None:
+        label = f"{label}+{set_timestep_spacing(policy, str(cfg.timestep_spacing))}"
     if cfg.get("n_action_steps") is not None:
         label = f"{label}+exec{set_action_steps(policy, int(cfg.n_action_steps))}"
     out = Path(cfg.out) if cfg.out else ckpt.parent / f"eval_{task.name}.json"

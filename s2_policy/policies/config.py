@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 HEADS = ("mlp", "diffusion")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIMScheduler timestep_spacing
 NORMALIZER_MODES = ("limits", "gaussian")
 
 
@@ -37,23 +38,28 @@ class MLPHeadConfig:
 @dataclass
 class DiffusionHeadConfig:
     """Diffusion head: FiLM-conditioned 1-D U-Net; DDPM training (``num_train_timesteps`` noise levels),
-    DDIM sampling with ``num_inference_steps``. ``down_dims`` is small for CPU training (Diffusion Policy uses
-    [256, 512, 1024] on a GPU)."""
+    DDIM sampling with ``num_inference_steps`` at ``timestep_spacing`` (``trailing`` starts sampling at the
+    last noise level, where the training noise is pure; ``leading`` starts below it). ``down_dims`` is small
+    for CPU training (Diffusion Policy uses [256, 512, 1024] on a GPU)."""
 
     down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 128
     num_train_timesteps: int = 100
-    num_inference_steps: int = 10
+    num_inference_steps: int = 5
     beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
+    prediction_type: str = "sample"
     clip_sample: bool = True
+    timestep_spacing: str = "trailing"
 
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "sample"):
             raise ValueError(f"policy.diffusion.prediction_type={self.prediction_type!r}; use 'epsilon' or "
                              "'sample'")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"policy.diffusion.timestep_spacing={self.timestep_spacing!r}; use one of "
+                             f"{TIMESTEP_SPACINGS}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"policy.diffusion.num_inference_steps must be in [1, num_train_timesteps="
                              f"{self.num_train_timesteps}], got {self.num_inference_steps}")

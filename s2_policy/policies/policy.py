@@ -256,7 +256,11 @@ class Policy(nn.Module):
         norm = LinearNormalizer()
         norm.load_state_dict(ckpt["normalizer"])
         d = ckpt["dims"]
-        policy = cls(ckpt["config"], d["feature_dim"], d["cameras"], d["state_dim"], d["action_dim"], norm,
+        config = dict(ckpt["config"])
+        if "diffusion" in config and "timestep_spacing" not in config["diffusion"]:
+            # written before the setting existed: keep sampling the way it was trained and evaluated
+            config["diffusion"] = {**config["diffusion"], "timestep_spacing": "leading"}
+        policy = cls(config, d["feature_dim"], d["cameras"], d["state_dim"], d["action_dim"], norm,
                      encoder_identity=ckpt.get("encoder_identity"), meta=ckpt.get("meta"))
         policy.core.load_state_dict(ckpt["state_dict"])
         policy.to(device).eval()

@@ -17,6 +17,7 @@ from s2_policy.realtime.cameras import (
     VideoFileCamera,
     make_camera,
 )
+from s2_policy.realtime.inference import Inference, InferenceWorker
 from s2_policy.realtime.loop import ControlLoop, LoopConfig
 from s2_policy.realtime.robot import DryRunRobot, Robot, RobotState, SimRobot
 from s2_policy.realtime.safety import SafetyConfig, SafetyMonitor
@@ -28,6 +29,8 @@ __all__ = [
     "ControlLoop",
     "DryRunRobot",
     "Frame",
+    "Inference",
+    "InferenceWorker",
     "LoopConfig",
     "OpenCVCamera",
     "Robot",
