@@ -7,6 +7,7 @@ Evaluation seeds come from the task's seed plan and are never demonstration seed
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from s2_policy.evaluation.evaluate import evaluate_policy, format_result, write_
 from s2_policy.evaluation.profile import encoder_profile, task_image_sizes
 from s2_policy.jobs.common import task_spec, user_errors
 from s2_policy.policies import Policy
-from s2_policy.policies.config import TIMESTEP_SPACINGS
 from s2_policy.runtime import configure_cpu
 
 
@@ -43,9 +43,8 @@ def set_timestep_spacing(policy: Policy, spacing: str) -> str:
     if policy.config.head != "diffusion":
         raise ValueError(f"timestep_spacing={spacing} applies to a diffusion head; this policy's head is "
                          f"{policy.config.head!r}: leave timestep_spacing=null")
-    if spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"timestep_spacing={spacing!r}; use one of {TIMESTEP_SPACINGS}")
-    policy.config.diffusion.timestep_spacing = spacing
+    # the config checks the value (one list of spacings, in DiffusionHeadConfig)
+    policy.config.diffusion = dataclasses.replace(policy.config.diffusion, timestep_spacing=spacing)
     policy.core.head.set_sampler(timestep_spacing=spacing)
     return spacing
 
