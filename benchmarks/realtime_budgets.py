@@ -20,12 +20,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,18 +37,6 @@ def parse_policy(spec: str) -> tuple[str, Path, float]:
     if not (name and ckpt and hz):
         raise SystemExit(f"--policy {spec!r}: use NAME=CHECKPOINT@HZ, e.g. mlp=outputs/mlp/policy.pt@30")
     return name, Path(ckpt).resolve(), float(hz)
-
-
-def cpu_model() -> str:
-    """CPU model name and its vector extensions that matter here (AVX512, bf16 units)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name or platform.machine()} ({', '.join(ext) or 'no AVX2'})"
 
 
 def run_loop(ckpt: Path, hz: float, out: Path, args: argparse.Namespace, fifo: int | None,

@@ -11,10 +11,11 @@ Public API (see docs/CONTRACTS.md)::
 from .backbones import MVP_ARCHS, PROJECT_ARCHS, BackboneInfo, backbone_info, create_backbone
 from .checkpoint import load_backbone_weights, read_state_dict, resolve_checkpoint
 from .config import EncoderConfig
+from .factory import build_encoder, build_encoder_from_identity
 from .fingerprint import fingerprint, weights_digest
 from .precision import cpu_has_bf16, resolve_precision
 from .preprocess import Preprocessor
-from .s2_encoder import S2Encoder, build_encoder, build_encoder_from_identity
+from .s2_encoder import S2Encoder, build_torch_encoder
 
 __all__ = [
     "MVP_ARCHS",
@@ -26,6 +27,7 @@ __all__ = [
     "backbone_info",
     "build_encoder",
     "build_encoder_from_identity",
+    "build_torch_encoder",
     "cpu_has_bf16",
     "create_backbone",
     "fingerprint",

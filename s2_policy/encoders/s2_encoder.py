@@ -167,23 +167,15 @@ class S2Encoder(nn.Module):
         )
 
 
-def build_encoder(config: EncoderConfig | dict[str, Any] | None = None, **overrides: Any) -> S2Encoder:
-    """Build a frozen :class:`S2Encoder` from a config (an ``EncoderConfig`` or a mapping of its fields).
+def build_torch_encoder(config: EncoderConfig) -> S2Encoder:
+    """The PyTorch :class:`S2Encoder` of ``config`` (backbone created, checkpoint loaded and checked).
 
-    With ``runtime`` other than ``torch`` the result is a :class:`~s2_policy.encoders.runtimes.RuntimeEncoder`
-    (same interface, the encoder runs as an exported graph).
+    ``config.runtime`` is not read here: :func:`s2_policy.encoders.factory.build_encoder` chooses the runtime,
+    so this module knows nothing of exported graphs.
     """
-    if config is None:
-        config = EncoderConfig(**overrides)
-    elif not isinstance(config, EncoderConfig):
-        config = EncoderConfig.from_dict(config, **overrides)
-    elif overrides:
-        config = EncoderConfig.from_dict(config.to_dict(), **overrides)
     if config.runtime != "torch":
-        # function-level: the runtimes package imports this module, and its packages are an optional extra
-        from .runtimes import build_runtime_encoder
-
-        return build_runtime_encoder(config)
+        raise ValueError(f"build_torch_encoder builds runtime='torch', not {config.runtime!r}: use "
+                         "s2_policy.encoders.build_encoder, which chooses the runtime")
     backbone = create_backbone(config.backbone, config.pretrained, config.arch_kwargs)
     path = None
     if config.checkpoint:
@@ -197,18 +189,3 @@ def build_encoder(config: EncoderConfig | dict[str, Any] | None = None, **overri
             "(see docs/encoders.md); random MVP weights would be silently meaningless"
         )
     return S2Encoder(backbone, config, checkpoint_path=path)
-
-
-def build_encoder_from_identity(identity: dict[str, Any], verify: bool = True, **overrides: Any) -> S2Encoder:
-    """Rebuild the encoder a policy checkpoint recorded; ``overrides`` (e.g. ``device``, ``precision``) apply.
-
-    With ``verify`` the fingerprint must match: a changed checkpoint file raises ``ValueError``.
-    """
-    encoder = build_encoder(dict(identity["config"]), **overrides)
-    if verify and encoder.fingerprint() != identity.get("fingerprint"):
-        raise ValueError(
-            f"encoder fingerprint {encoder.fingerprint()[:12]} does not match the recorded "
-            f"{str(identity.get('fingerprint'))[:12]}: the weights or settings changed since the policy "
-            "was trained"
-        )
-    return encoder

@@ -78,6 +78,24 @@ def test_fp32_graph_matches_torch_with_non_square_tiling(runtime: str, cache_dir
 
 
 @needs_deploy
+def test_openvino_compiles_each_batch_size_static_and_keeps_the_recent_ones(cache_dir: Path) -> None:
+    """One static-shape compilation per batch size (the most recently used ``max_compiled`` kept); a frame's
+    features do not depend on the batch it came in."""
+    enc = build_encoder(EncoderConfig(**NANO, scales=[1, 2], precision="fp32", runtime="openvino",
+                                      runtime_cache_dir=str(cache_dir)))
+    cams = [frames(1, 3, 64, 64), frames(2, 3, 80, 80)]
+    session = enc.session(((64, 64), (80, 80)))
+    session.max_compiled = 2
+    full = enc.encode_cameras(cams)
+    for b in (1, 2, 1):
+        got = enc.encode_cameras([c[:b] for c in cams])
+        torch.testing.assert_close(got, full[:b], rtol=1e-5, atol=1e-5 * full.abs().max().item())
+    assert list(session._requests) == [2, 1]  # 3 evicted first; 1 used last
+    shapes = [r.model_inputs[0].get_partial_shape() for r in session._requests.values()]
+    assert all(s.is_static for s in shapes) and [s[0].get_length() for s in shapes] == [2, 1]
+
+
+@needs_deploy
 def test_openvino_bf16_and_int8_agree_with_fp32_on_mae_weights(cache_dir: Path, tmp_path: Path) -> None:
     """Shipped MAE s2p-nano, S2 [64, 128]: bf16 and int8 (NNCF, calibrated on a store's frames) at mean
     cosine >= 0.999 to PyTorch fp32 on frames the calibration did not see (int8's worst frame: ~0.9988); on

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import EncoderConfig
 from ..fingerprint import fingerprint
-from ..s2_encoder import S2Encoder, build_encoder
+from ..s2_encoder import S2Encoder, build_torch_encoder
 from .backends import PACKAGES, open_session, package_version, quantize_int8, resolve_runtime_precision
 from .cache import build_entry, cache_key, cache_root, load_entry
 from .graph import GRAPH_VERSION, OPSET, FramePool, Shapes, export_onnx
@@ -248,7 +248,7 @@ def build_runtime_encoder(
         raise ValueError(f"runtime={config.runtime!r} runs on the CPU: set device=cpu, not {config.device!r}")
     torch_config = EncoderConfig.from_dict(config.to_dict(), runtime="torch", precision="fp32", compile=False)
     if reference is None:
-        reference = build_encoder(torch_config)
+        reference = build_torch_encoder(torch_config)
     elif reference.config.to_dict() != torch_config.to_dict():
         raise ValueError("reference must be built from this config with runtime=torch, precision=fp32")
     if frames is None and config.runtime_calibration:
