@@ -5,6 +5,15 @@ A window starts at frame ``t0`` of an episode (``-pad_before <= t0 <= L - horizo
 never cross episodes. ``pad_before = n_obs_steps - 1`` and ``pad_after = n_action_steps - 1``, as in
 diffusion_policy. Observations are read for the first ``n_obs_steps`` frames only (images are the cost:
 only those frames are decoded); actions for all ``horizon`` frames.
+
+Reading is batched: :meth:`SequenceDataset.__getitems__` (which torch's DataLoader calls with a whole batch of
+indices) computes every frame index of the batch with numpy and reads each distinct image frame once per
+camera; ``ds[i]`` is the same path with a batch of one. Image chunks are read by :class:`FrameReader`
+straight from their files and decoded with numcodecs when the array's layout allows it (the common case:
+a local store, chunks that split only the frame axis, plain compressors and an optional crc32c): zarr 3's
+per-chunk overhead (~0.5-1 ms, asyncio and thread hops) is several times the cost of decoding one
+128 px frame. Other layouts go through zarr. ``images_in_memory=True`` decodes the image arrays once at
+construction instead (as diffusion_policy's default numpy-backed ReplayBuffer does).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from s2_policy.data.frame_reader import FrameReader
 from s2_policy.data.store import ReplayStore
 
 if TYPE_CHECKING:
@@ -64,6 +74,11 @@ class SequenceDataset(Dataset):
     "action": float32 (horizon, A)}`` as torch tensors. ``split`` selects whole episodes: a seeded random
     ``val_ratio`` split, or the store's own ``split`` attribute (robomimic masks) when
     ``use_store_split`` and present. ``max_train_episodes`` caps the training episodes (seeded subset).
+
+    ``ds.__getitems__(indices)`` (used by torch's DataLoader for a whole batch) reads each distinct frame of
+    the batch once per camera; :meth:`get_batch` returns the batch already collated. ``images_in_memory``
+    decodes every committed frame of the image arrays once, at construction (``N x H x W x 3`` bytes per
+    camera; DataLoader workers started by fork share it copy-on-write, spawned workers each get a copy).
     """
 
     def __init__(
@@ -82,6 +97,7 @@ class SequenceDataset(Dataset):
         features: FeatureCache | None = None,
         use_store_split: bool = True,
         n_episodes: int | None = None,
+        images_in_memory: bool = False,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -111,6 +127,8 @@ class SequenceDataset(Dataset):
         self.use_store_split = use_store_split
         self.n_episodes = n_episodes
         self.features = features
+        self.images_in_memory = bool(images_in_memory) and features is None
+        self._readers: dict[str, FrameReader] = {}
 
         store = ReplayStore.open(self.store_path, mode="r")
         self._store: ReplayStore | None = store
@@ -135,6 +153,11 @@ class SequenceDataset(Dataset):
         starts, lengths = store.episode_starts[self.episodes], store.episode_lengths[self.episodes]
         ep, t0 = window_index(lengths, horizon, self.pad_before, self.pad_after)
         self._win_start, self._win_len, self._win_t0 = starts[ep], lengths[ep], t0
+        # camera key -> every committed frame, decoded (images_in_memory only)
+        self._images: dict[str, np.ndarray] = {}
+        if self.images_in_memory:
+            all_frames = np.arange(n, dtype=np.int64)
+            self._images = {key: self.reader(key).read(all_frames) for key in keys}
 
     def _split(self, store: ReplayStore) -> tuple[np.ndarray, np.ndarray]:
         n = store.n_episodes if self.n_episodes is None else min(store.n_episodes, self.n_episodes)
@@ -160,12 +183,23 @@ class SequenceDataset(Dataset):
         """The read-only store, reopened after a fork/spawn into a DataLoader worker."""
         if self._store is None or self._pid != os.getpid():
             self._store = ReplayStore.open(self.store_path, mode="r", validate=False)
+            self._readers = {}
             self._pid = os.getpid()
         return self._store
+
+    def reader(self, key: str) -> FrameReader:
+        """The frame reader of ``data/<key>`` (built per process, with the store)."""
+        store = self.store
+        reader = self._readers.get(key)
+        if reader is None:
+            reader = FrameReader(store[key], self.store_path / "data" / key, f"data/{key}", store.checked)
+            self._readers[key] = reader
+        return reader
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None  # zarr handles are reopened in the worker process
+        state["_readers"] = {}
         return state
 
     def __len__(self) -> int:
@@ -178,20 +212,47 @@ class SequenceDataset(Dataset):
         s, L, t0 = int(self._win_start[i]), int(self._win_len[i]), int(self._win_t0[i])
         return s + np.clip(np.arange(t0, t0 + self.horizon), 0, L - 1)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        t = self.frame_indices(i)
-        obs_t = t[: self.n_obs_steps]
+    def batch_frame_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Store frame index of each step of each window: int64 (len(indices), horizon), edge-padded."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        bad = (idx < -n) | (idx >= n)
+        if bad.any():
+            raise IndexError(f"window {int(idx[bad][0])} out of range for {n} windows")
+        idx = idx % max(n, 1)
+        steps = self._win_t0[idx, None] + np.arange(self.horizon)
+        return self._win_start[idx, None] + np.clip(steps, 0, self._win_len[idx, None] - 1)
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Windows ``indices`` collated: ``{"obs": {cam: (B, To, ...), "state": (B, To, D)},
+        "action": (B, horizon, A)}``, equal to stacking ``ds[i]``; each distinct frame is read once."""
+        t = self.batch_frame_indices(indices)
+        obs_t = t[:, : self.n_obs_steps]
+        flat = obs_t.reshape(-1)
         obs: dict[str, torch.Tensor] = {}
         for cam, key in self.camera_keys.items():
             if self.features is not None:
-                obs[cam] = torch.from_numpy(self.features.get(key)[obs_t])
+                frames = self.features.get(key)[flat]
+            elif self.images_in_memory:
+                frames = self._images[key][flat]
             else:
-                lo, hi = int(obs_t[0]), int(obs_t[-1])
-                frames = self.store[key][lo : hi + 1]  # only the frames this window observes
-                obs[cam] = torch.from_numpy(np.ascontiguousarray(frames[obs_t - lo]))
+                frames = self.reader(key).read(flat)
+            obs[cam] = torch.from_numpy(frames.reshape(*obs_t.shape, *frames.shape[1:]))
         if self._state is not None:
             obs["state"] = torch.from_numpy(self._state[obs_t])
         return {"obs": obs, "action": torch.from_numpy(self._action[t])}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The windows of a batch as a list of ``ds[i]``-shaped dicts (views into one batch read), so that
+        torch's default collate applies; DataLoader calls this instead of ``ds[i]`` per sample."""
+        batch = self.get_batch(indices)
+        obs, action = batch["obs"], batch["action"]
+        return [
+            {"obs": {k: v[j] for k, v in obs.items()}, "action": action[j]} for j in range(len(action))
+        ]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])[0]
 
     def low_dim_arrays(self) -> dict[str, np.ndarray]:
         """Every frame of the TRAINING episodes as ``{"state": (N, D), "action": (N, A)}`` (normaliser)."""
@@ -223,6 +284,7 @@ class SequenceDataset(Dataset):
             features=self.features,
             use_store_split=self.use_store_split,
             n_episodes=self.n_episodes,
+            images_in_memory=self.images_in_memory,
         )
 
     @property
@@ -239,5 +301,6 @@ class SequenceDataset(Dataset):
         return (
             f"SequenceDataset({str(self.store_path)!r}, split={self.split!r}, episodes={len(self.episodes)}, "
             f"windows={len(self)}, horizon={self.horizon}, To={self.n_obs_steps}, Ta={self.n_action_steps}, "
-            f"features={'yes' if self.features is not None else 'no'})"
+            f"features={'yes' if self.features is not None else 'no'}, "
+            f"images_in_memory={self.images_in_memory})"
         )

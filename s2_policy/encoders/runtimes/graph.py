@@ -16,7 +16,7 @@ from ..preprocess import to_float_chw
 from ..s2_encoder import S2Encoder
 
 OPSET = 18
-GRAPH_VERSION = 2  # bump when EncoderGraph changes what it computes or how: part of every cache key
+GRAPH_VERSION = 3  # bump when EncoderGraph or the int8 quantisation changes: part of every cache key
 Shapes = tuple[tuple[int, int], ...]
 
 
