@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -19,11 +20,13 @@ pytest.importorskip("av", reason="the 'lerobot' extra (pyarrow, av) is not insta
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-import s2_policy.data.lerobot as lr  # noqa: E402
+import s2_policy.data.lerobot.video as lr_video  # noqa: E402
 from s2_policy.data.lerobot import ExportOptions, export_lerobot, import_lerobot  # noqa: E402
+from s2_policy.data.lerobot.__main__ import main  # noqa: E402
 from s2_policy.data.sequence import SequenceDataset  # noqa: E402
 from s2_policy.data.store import ReplayStore  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "lerobot_v3"
 FIXTURE_V21 = Path(__file__).parent / "fixtures" / "lerobot_v21"  # the same content, written by LeRobot 0.3.3
 # What tests/fixtures/make_lerobot_fixture.py wrote (recomputed here, independently of the files).
@@ -356,7 +359,7 @@ def test_export_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(self: object, frames: np.ndarray) -> dict:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(lr._VideoWriter, "add_episode", fail)
+    monkeypatch.setattr(lr_video._VideoWriter, "add_episode", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         export_lerobot(tmp_path / "s.zarr", tmp_path / "o2", fps=5, progress=False)
     assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.exporting-*"))
@@ -364,11 +367,51 @@ def test_export_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        lr.main(["--help"])
+        main(["--help"])
     assert e.value.code == 0 and "import" in capsys.readouterr().out
-    lr.main(["import", str(FIXTURE), str(tmp_path / "fx.zarr")])
+    main(["import", str(FIXTURE), str(tmp_path / "fx.zarr")])
     assert "3 episodes, 34 frames" in capsys.readouterr().out
-    lr.main(["export", str(tmp_path / "fx.zarr"), str(tmp_path / "lr"), "--vcodec", "libx264", "--crf", "20"])
+    main(["export", str(tmp_path / "fx.zarr"), str(tmp_path / "lr"), "--vcodec", "libx264", "--crf", "20"])
     assert (tmp_path / "lr" / "meta" / "info.json").exists()
     info = json.loads((tmp_path / "lr" / "meta" / "info.json").read_text())
     assert info["features"]["observation.images.front"]["info"]["video.codec"] == "h264"
+
+
+def run_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m s2_policy.data.lerobot ARGS`` as its own process, from the repository root."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    cmd = [sys.executable, "-m", "s2_policy.data.lerobot", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_as_a_process(tmp_path: Path) -> None:
+    """The real command (``python -m s2_policy.data.lerobot import|export``, flags included) on the fixture
+    written by LeRobot, checked against the values the fixture was drawn from."""
+    res = run_command("import", str(FIXTURE), str(tmp_path / "fx.zarr"), "--drop", "observation.images.wrist")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "3 episodes, 34 frames, keys ['action', 'front', 'state', 'task_index']" in res.stdout
+    store = ReplayStore.open(tmp_path / "fx.zarr")
+    assert list(store.episode_lengths) == LENGTHS and store.attrs["cameras"] == ["front"]
+    for ep, n in enumerate(LENGTHS):
+        got = store.get_episode(ep)
+        np.testing.assert_array_equal(got["state"], np.stack([fixture_state(ep, t) for t in range(n)]))
+        np.testing.assert_array_equal(got["task_index"], np.full(n, EPISODE_TASK[ep]))
+        want = np.stack([fixture_front(ep, t) for t in range(n)]).astype(np.int16)
+        assert np.abs(got["front"].astype(np.int16) - want).mean() < 4
+
+    out = tmp_path / "lr"
+    res = run_command("export", str(tmp_path / "fx.zarr"), str(out), "--robot-type", "cli_arm", "--gop", "4")
+    assert res.returncode == 0 and f"wrote {out}" in res.stdout, res.stderr[-2000:]
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 10 and info["robot_type"] == "cli_arm"
+    assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (3, 34, 2)
+    assert info["features"]["observation.images.front"]["info"]["video.codec"] == "av1"  # the default encoder
+    assert "observation.images.wrist" not in info["features"]
+    back = import_lerobot(out, tmp_path / "back.zarr", progress=False)
+    assert back.attrs["tasks"] == TASKS and list(back.episode_lengths) == LENGTHS
+    for k in ("state", "action", "task_index"):
+        np.testing.assert_array_equal(back[k][:], store[k][:])
+    assert psnr(back["front"][:], store["front"][:]) >= 35
+
+    res = run_command("export", str(tmp_path / "fx.zarr"), str(out))  # a user error: one line, status 2
+    assert res.returncode == 2 and "already exists" in res.stderr and "Traceback" not in res.stderr

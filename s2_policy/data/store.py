@@ -22,11 +22,14 @@ Integrity: new zarr-3 stores store a crc32c per chunk and write every chunk (att
 ``storage.checksum = "crc32c"``); they are read through :class:`~s2_policy.data.integrity.CheckedStore`, so a
 corrupt or missing chunk raises :class:`~s2_policy.data.integrity.StoreIntegrityError` naming the array and
 chunk instead of reading wrong values or the fill value. Older stores (no checksums) open as before.
+
+The parts: this module (opening, creating and reading a store; validation), :mod:`.store_append`
+(appending), :mod:`.store_lock` (the writer lock) and :mod:`.store_format` (codecs, chunking, value
+checks); every public name is importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -36,71 +39,41 @@ from pathlib import Path
 from typing import Any
 
 import filelock
-import numcodecs
 import numpy as np
 import zarr
-import zarr.codecs
 
-from s2_policy.data.integrity import CHECKSUM, StoreIntegrityError, checksum_codecs, open_group
+from s2_policy.data.integrity import CHECKSUM, StoreIntegrityError, open_group
+from s2_policy.data.store_append import AppendMixin
+from s2_policy.data.store_format import (
+    DEFAULT_STORAGE,
+    IMAGE_CODECS,
+    _check_finite,
+    _codecs,
+    _json_attrs,
+    is_image_array,
+)
+from s2_policy.data.store_lock import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    LOCK_FILE,
+    StoreBusyError,
+    _acquire,
+    _lock_path,
+    _remove_partial_files,
+)
 
 __all__ = [
     "ReplayStore", "StoreBusyError", "StoreExistsError", "IMAGE_CODECS", "is_image_array",
-    "DEFAULT_LOCK_TIMEOUT_S",
+    "DEFAULT_LOCK_TIMEOUT_S", "LOCK_FILE",
 ]
 
 WRITER = "s2_policy.data.store"
-DEFAULT_LOCK_TIMEOUT_S = 120.0
-LOCK_FILE = ".writer.lock"  # inside the store directory; zarr ignores it
-
-# Image compression choices (measured in BENCHMARKS.md, "Data-layer benchmarks"). Blosc without shuffle:
-# images are uint8, for which byte shuffling is a no-op.
-IMAGE_CODECS: dict[str, dict[str, Any]] = {
-    "zstd": {"cname": "zstd", "clevel": 3},
-    "lz4": {"cname": "lz4", "clevel": 5},
-}
-DEFAULT_STORAGE: dict[str, Any] = {
-    "image_codec": "zstd",
-    "image_chunk_frames": 1,
-    "lowdim_chunk_frames": 10000,
-}
-
-
-def is_image_array(shape: tuple[int, ...]) -> bool:
-    """True for per-frame image arrays: (T, H, W, C) with C in {1, 3, 4}."""
-    return len(shape) == 4 and shape[-1] in (1, 3, 4)
 
 
 class StoreExistsError(ValueError):
     """A store already exists where a new one was to be created."""
 
 
-class StoreBusyError(TimeoutError):
-    """Another process held the store's writer lock for longer than the caller was willing to wait."""
-
-
-def _codecs(kind: str, zarr_format: int, image: bool, typesize: int, checksum: bool = True) -> Any:
-    """``compressors`` for a new array: Blosc (+ crc32c on zarr 3 when ``checksum``)."""
-    comp = _compressor(kind, zarr_format, image, typesize)
-    return checksum_codecs(comp) if zarr_format == 3 and checksum else comp
-
-
-def _compressor(kind: str, zarr_format: int, image: bool, typesize: int) -> Any:
-    """Blosc compressor object for the store's zarr format (numcodecs for v2, zarr.codecs for v3)."""
-    if image:
-        if kind not in IMAGE_CODECS:
-            raise ValueError(f"unknown image_codec {kind!r}; choose one of {sorted(IMAGE_CODECS)}")
-        spec, shuffle = IMAGE_CODECS[kind], "noshuffle"
-    else:
-        spec, shuffle = {"cname": "zstd", "clevel": 3}, "shuffle"
-    if zarr_format == 2:
-        flag = numcodecs.Blosc.NOSHUFFLE if shuffle == "noshuffle" else numcodecs.Blosc.SHUFFLE
-        return numcodecs.Blosc(cname=spec["cname"], clevel=spec["clevel"], shuffle=flag)
-    return zarr.codecs.BloscCodec(
-        cname=spec["cname"], clevel=spec["clevel"], shuffle=shuffle, typesize=typesize
-    )
-
-
-class ReplayStore:
+class ReplayStore(AppendMixin):
     """A diffusion_policy-layout demonstration store (create, open, append episodes, read episodes)."""
 
     def __init__(self, root: zarr.Group, path: Path, mode: str, validate: bool = True,
@@ -433,115 +406,6 @@ class ReplayStore:
                             f"{float(values.max()):g}): convert with x.round().clip(0, 255).astype(np.uint8)")
             raise ValueError(f"image key {key!r} must be uint8, got {np.dtype(dtype)}; {hint}")
 
-    # ------------------------------------------------------------------ writing
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[zarr.Group]:
-        """Hold the writer lock and yield a writable root, with this object's view refreshed from disk.
-
-        Another process may have appended or changed attributes since this store was opened.
-        """
-        if self.mode == "r":
-            raise ValueError(f"{self.path} is open read-only; open it with mode='a' to write")
-        with _acquire(self._lock, self.path, self.lock_timeout_s):
-            self.root = open_group(self.path, read_only=False, checked=self.checked)
-            self.data, self.meta = self.root["data"], self.root["meta"]
-            self._arrays.clear()
-            self._ends_arr = self._open_ends()
-            self._episode_ends = self._read_committed_ends()
-            yield zarr.open_group(zarr.storage.LocalStore(self.path), mode="r+")
-
-    def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
-        """Append one complete episode (``{key: (T, ...) array}``); returns its index.
-
-        Data arrays are grown and written first, ``meta/episode_ends`` last: a crash at any point leaves
-        the store holding exactly the episodes that were complete before. The whole append holds the
-        writer lock (see the module docstring).
-        """
-        if self.mode == "r":
-            raise ValueError(f"{self.path} is open read-only; open it with mode='a' to append")
-        if not episode:
-            raise ValueError("add_episode needs a non-empty {key: array} mapping")
-        ep = {k: np.asarray(v) for k, v in episode.items()}
-        lengths = {k: v.shape[0] if v.ndim else 0 for k, v in ep.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(
-                f"episode keys have unequal lengths {lengths}; every key needs one row per frame"
-            )
-        T = next(iter(lengths.values()))
-        if T == 0:
-            raise ValueError("episode has 0 frames; an episode needs at least one frame")
-        with self._writing() as wroot:
-            return self._append(wroot, ep, T)
-
-    def _append(self, wroot: zarr.Group, ep: dict[str, np.ndarray], T: int) -> int:
-        existing = self.keys()
-        if self.n_episodes and set(ep) != set(existing):
-            raise ValueError(
-                f"episode keys {sorted(ep)} differ from the store's keys {existing}; "
-                "every episode must provide the same keys"
-            )
-        cams = set(self.image_keys())
-        for k, v in ep.items():
-            if k in cams or is_image_array(v.shape) or (v.ndim == 4 and v.shape[1] in (1, 3)):
-                self._check_image(k, v.dtype, v.shape, v)
-            elif np.issubdtype(v.dtype, np.floating):
-                _check_finite(k, v, where="episode")
-            if self.n_episodes:
-                arr = self[k]
-                if tuple(arr.shape[1:]) != v.shape[1:]:
-                    raise ValueError(
-                        f"data/{k} frames have shape {tuple(arr.shape[1:])} but the episode's are "
-                        f"{v.shape[1:]}; resize the data to match the store"
-                    )
-                if not np.can_cast(v.dtype, arr.dtype, casting="same_kind"):
-                    raise ValueError(f"data/{k} has dtype {arr.dtype}; cannot store {v.dtype} in it")
-        start = self.n_frames
-        wdata = wroot["data"]
-        if not self.n_episodes:  # arrays left by a writer killed before its first commit are stale
-            for k in existing:
-                if k not in ep:
-                    del wdata[k]
-        for k, v in ep.items():
-            arr = self._array_for(wroot, k, v) if not self.n_episodes else wdata[k]
-            arr = arr.with_config({"write_empty_chunks": True})  # a missing chunk is then always damage
-            arr.resize((start + T, *arr.shape[1:]))
-            arr[start : start + T] = v
-        new_ends = np.append(self._episode_ends, start + T).astype(np.int64)
-        ends = wroot["meta"]["episode_ends"].with_config({"write_empty_chunks": True})
-        ends.resize((len(new_ends),))
-        ends[len(new_ends) - 1] = start + T  # the commit point
-        self._episode_ends = new_ends
-        self._arrays.clear()  # the read handles' shapes are stale now
-        self._ends_arr = self._open_ends()
-        return len(new_ends) - 1
-
-    def _array_for(self, wroot: zarr.Group, key: str, v: np.ndarray) -> zarr.Array:
-        """Create (or re-create, when no episode is committed yet) the data array for ``key``."""
-        settings = {**DEFAULT_STORAGE, **dict(wroot.attrs.get("storage", {}))}
-        fmt = wroot.metadata.zarr_format
-        image = is_image_array(v.shape)
-        frames = settings["image_chunk_frames"] if image else settings["lowdim_chunk_frames"]
-        dtype = np.float32 if v.dtype == np.float64 else v.dtype
-        codecs = _codecs(settings["image_codec"], fmt, image, np.dtype(dtype).itemsize,
-                         checksum=settings.get("checksum") == CHECKSUM)
-        return wroot["data"].create_array(
-            key,
-            shape=(0, *v.shape[1:]),
-            dtype=dtype,
-            chunks=(frames, *v.shape[1:]),
-            overwrite=True,
-            compressors=codecs,
-        )
-
-    def update_attrs(self, attrs: Mapping[str, Any]) -> None:
-        """Merge ``attrs`` into the root attributes (JSON-able values), under the writer lock."""
-        if self.mode == "r":
-            raise ValueError(f"{self.path} is open read-only; open it with mode='a' to change attributes")
-        attrs = _json_attrs(attrs)
-        with self._writing() as wroot:
-            wroot.attrs.update(attrs)
-        self.root = open_group(self.path, read_only=False, checked=self.checked)
-
     def __repr__(self) -> str:
         return (
             f"ReplayStore({str(self.path)!r}, episodes={self.n_episodes}, frames={self.n_frames}, "
@@ -563,60 +427,9 @@ def resume_conversion(partial: str | os.PathLike, attrs: Mapping[str, Any], sour
     return ReplayStore.create(path, attrs=attrs, overwrite=True)
 
 
-def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """``attrs`` as a dict, or ValueError naming the first value zarr cannot store as JSON."""
-    out = dict(attrs)
-    for k, v in out.items():
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"store attribute {k!r} is not JSON-serialisable ({e}); convert numpy values "
-                "with .tolist() / float() and drop NaN"
-            ) from e
-    return out
-
-
 def _is_json(f: Path) -> bool:
     try:
         json.loads(f.read_text())
     except (ValueError, OSError):
         return False
     return True
-
-
-def _lock_path(path: Path) -> str:
-    return str(path / LOCK_FILE)
-
-
-@contextlib.contextmanager
-def _acquire(lock: filelock.FileLock, path: Path, timeout: float) -> Iterator[None]:
-    """Hold ``lock``; StoreBusyError naming the store if another writer keeps it past ``timeout`` s."""
-    try:
-        lock.acquire(timeout=timeout)
-    except filelock.Timeout:
-        raise StoreBusyError(
-            f"{path} is being written by another process (lock {lock.lock_file} held for more than "
-            f"{timeout:g} s); wait for it to finish, or open the store with a larger lock_timeout_s"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _remove_partial_files(path: Path) -> None:
-    """Delete temp files (``*.partial``) that zarr's atomic file writes leave when a writer is killed."""
-    for f in path.rglob("*.partial"):
-        f.unlink(missing_ok=True)
-
-
-def _check_finite(key: str, x: np.ndarray, where: str) -> None:
-    """Raise ValueError if ``x`` holds NaN or inf, naming the key and the first bad row."""
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        raise ValueError(
-            f"{where}: {key!r} holds NaN/inf (first at row {row}); clean or drop those frames "
-            "before storing (actions and states must be finite)"
-        )
