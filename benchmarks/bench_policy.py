@@ -2,13 +2,13 @@
 
     python benchmarks/bench_policy.py [--threads 1] [--steps 30] [--repeats 15]
 
-Heads are built from the shipped ``configs/policy/{mlp,diffusion}.yaml`` with the batch sizes of
-``configs/train/{default,diffusion}.yaml``. Training: ``Trainer``-equivalent steps (forward, backward, clip,
-AdamW, EMA for diffusion) on synthetic cached features shaped like the main job (2 cameras, S2 tokens
-(65, 384) = 8x8 grid + CLS of s2p-tiny dim 192 x 2 scales, 2 obs steps). Inference: one policy call
-(batch 1) from features (head only) and from images (s2p-tiny, single scale and S2 [1, 2], token pooling,
-2 cameras x 2 obs steps of 128 px). Prints markdown tables
-of medians; timings interleave the configurations round-robin so machine noise hits all of them alike.
+Heads are built from the shipped ``configs/policy/{mlp,diffusion,transformer}.yaml`` with the batch sizes of
+``configs/train/{default,diffusion}.yaml`` (the transformer trains with ``default``). Training:
+``Trainer``-equivalent steps (forward, backward, clip, AdamW, EMA for diffusion) on synthetic cached features
+shaped like the main job (2 cameras, S2 tokens (65, 384) = 8x8 grid + CLS of s2p-tiny dim 192 x 2 scales,
+each head's n_obs_steps). Inference: one policy call (batch 1) from features (head only) and from images
+(s2p-tiny, single scale and S2 [1, 2], token pooling, 2 cameras x n_obs_steps of 128 px). Prints markdown
+tables of medians; timings interleave the configurations round-robin so machine noise hits all of them alike.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from s2_policy.training.trainer import prepare_batch
 
 CAMS = ["front", "wrist"]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAIN_CFG = {"mlp": "default", "diffusion": "diffusion"}
+TRAIN_CFG = {"mlp": "default", "diffusion": "diffusion", "transformer": "default"}
+HEADS = tuple(TRAIN_CFG)
 
 
 def policy_config(head: str) -> dict:
@@ -66,7 +67,7 @@ def main() -> None:
     # "fused" is what the Trainer runs (fused AdamW, foreach EMA); "loop" is torch's CPU default (a Python
     # loop over the parameter tensors), kept here as the before/after reference.
     trainers = {}
-    for head in ("mlp", "diffusion"):
+    for head in HEADS:
         for variant in ("loop", "fused"):
             p = make_policy(head, feat)
             params = list(p.core.parameters())
@@ -107,17 +108,18 @@ def main() -> None:
     encs = {"single": build_encoder({"backbone": "s2p-tiny", "scales": [1], "pooling": "tokens"}),
             "s2": build_encoder({"backbone": "s2p-tiny", "scales": [1, 2], "pooling": "tokens"})}
     configs = {}
-    for head in ("mlp", "diffusion"):
+    for head in HEADS:
         p = trainers[head, "fused"][0]
         p.eval()
-        feats = torch.randn(1, 2, 2, *feat)
-        state = torch.zeros(1, 2, 4)
+        to = p.n_obs_steps
+        feats = torch.randn(1, to, 2, *feat)
+        state = torch.zeros(1, to, 4)
         configs[f"{head} head only (features)"] = lambda p=p, f=feats, s=state: p.predict_from_features(f, s)
         for name, enc in encs.items():
             q = make_policy(head, (65, enc.out_dim), encoder=enc)
             q.eval()
-            obs = {c: np.random.randint(0, 256, (1, 2, 128, 128, 3), np.uint8) for c in CAMS}
-            obs["state"] = np.zeros((1, 2, 4), np.float32)
+            obs = {c: np.random.randint(0, 256, (1, to, 128, 128, 3), np.uint8) for c in CAMS}
+            obs["state"] = np.zeros((1, to, 4), np.float32)
             configs[f"{head} + s2p-tiny {name} (images)"] = lambda q=q, o=obs: q.predict_action(o)
     times: dict[str, list[float]] = {k: [] for k in configs}
     for fn in configs.values():

@@ -137,7 +137,7 @@ def test_policy_input_errors(tmp_path):
     with pytest.raises(ValueError, match="n_action_steps"):
         Policy({"horizon": 8, "n_obs_steps": 2, "n_action_steps": 8}, 32, CAMS, 4, 4, n)
     with pytest.raises(ValueError, match="head"):
-        Policy({"head": "transformer"}, 32, CAMS, 4, 4, n)
+        Policy({"head": "rnn"}, 32, CAMS, 4, 4, n)
     p = Policy({"horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 32, CAMS, 4, 4, n)
     with pytest.raises(KeyError, match="missing keys"):
         p.predict_action({"front": torch.zeros(1, 2, 32), "state": torch.zeros(1, 2, 4)})

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from envs.spec import TaskSpec, make_env
 from s2_policy.evaluation.stats import wilson_interval
 from s2_policy.evaluation.video import tile_cameras, write_mp4
+from s2_policy.policies.temporal_ensemble import TemporalEnsembler
 
 
 def make_vector_env(task: TaskSpec, n_envs: int) -> gym.vector.VectorEnv:
@@ -39,8 +40,10 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
 
     ``policy`` needs ``cameras``, ``n_obs_steps`` and ``predict_action(obs) -> (B, n_action_steps, A)``.
     Each env keeps its own observation history (the first frame repeated at reset, as in training padding)
-    and action queue; the policy runs once, batched, over every env whose queue is empty. Videos of the
-    first ``n_videos`` seeds go to ``video_dir``.
+    and action queue; the policy runs once, batched, over every env whose queue is empty. A policy whose
+    ``temporal_ensemble_m`` is not ``None`` runs at every step instead, and each env executes the
+    temporally ensembled action of its chunks (:class:`TemporalEnsembler`, reset at each episode start).
+    Videos of the first ``n_videos`` seeds go to ``video_dir``.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -56,6 +59,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
     max_steps = task.env.max_episode_steps
     venv = make_vector_env(task, n_envs)
     gen = torch.Generator(device=policy.device).manual_seed(sample_seed)
+    ensemble_m = getattr(policy, "temporal_ensemble_m", None)
+    ensembler = TemporalEnsembler(n_envs, ensemble_m) if ensemble_m is not None else None
     lo, hi = venv.single_action_space.low, venv.single_action_space.high
     results: list[dict] = []
     videos: list[str] = []
@@ -76,7 +81,7 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
             _record(frames, slot_ep[i], hist[i][-1], policy.cameras)
         bar = tqdm(total=len(seeds), desc="rollouts", disable=not progress, leave=False)
         while active.any():
-            need = [i for i in range(n_envs) if active[i] and not queues[i]]
+            need = [i for i in range(n_envs) if active[i] and (ensembler is not None or not queues[i])]
             if need:
                 batch = {k: np.stack([np.stack([h[k] for h in hist[i]]) for i in need]) for k in keys}
                 ts = time.perf_counter()
@@ -85,11 +90,14 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
                 policy_calls += 1
                 act = act.cpu().numpy() if isinstance(act, torch.Tensor) else np.asarray(act)
                 for j, i in enumerate(need):
-                    queues[i].extend(np.clip(act[j], lo, hi))
+                    if ensembler is not None:
+                        ensembler.add(i, np.clip(act[j], lo, hi))
+                    else:
+                        queues[i].extend(np.clip(act[j], lo, hi))
             action = np.zeros((n_envs, *venv.single_action_space.shape), np.float32)
             for i in range(n_envs):
                 if active[i]:
-                    action[i] = queues[i].popleft()
+                    action[i] = ensembler.pop(i) if ensembler is not None else queues[i].popleft()
             obs, _, term, trunc, info = venv.step(action)
             succ = np.asarray(info.get("is_success", np.zeros(n_envs, bool)), bool)
             done_slots = []
@@ -129,6 +137,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
                     for i in restart:
                         hist[i] = deque([_slice(obs, keys, i)] * to, maxlen=to)
                         queues[i].clear()
+                        if ensembler is not None:
+                            ensembler.reset(i)
                         length[i], success[i] = 0, False
                         _record(frames, slot_ep[i], hist[i][-1], policy.cameras)
         bar.close()
@@ -141,7 +151,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
             "success_rate": k / n, "ci95": list(ci),
             "mean_episode_length": float(np.mean([r["length"] for r in results])),
             "episodes": results, "videos": videos, "seconds": time.perf_counter() - t0,
-            "policy_seconds": policy_s, "policy_calls": policy_calls, "n_envs": n_envs}
+            "policy_seconds": policy_s, "policy_calls": policy_calls, "n_envs": n_envs,
+            "temporal_ensemble_m": ensemble_m}
 
 
 def _slice(obs: Mapping[str, np.ndarray], keys: Mapping[str, str], i: int) -> dict[str, np.ndarray]:

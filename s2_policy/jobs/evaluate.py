@@ -60,6 +60,19 @@ def set_action_steps(policy: Policy, steps: int) -> int:
     return steps
 
 
+def set_temporal_ensemble(policy: Policy, enabled: bool, m: float | None = None) -> str:
+    """Turn the transformer head's temporal ensembling on or off (and set its ``m``) after training (choose
+    it on ``seeds=selection``); returns the label suffix (``te<m>`` or ``chunked``)."""
+    if policy.config.head != "transformer":
+        raise ValueError(f"temporal_ensemble applies to a transformer head; this policy's head is "
+                         f"{policy.config.head!r}: leave temporal_ensemble=null and temporal_ensemble_m=null")
+    t = policy.config.transformer
+    # the config checks the value (m >= 0)
+    policy.config.transformer = dataclasses.replace(
+        t, temporal_ensemble=enabled, temporal_ensemble_m=t.temporal_ensemble_m if m is None else float(m))
+    return f"te{policy.config.transformer.temporal_ensemble_m:g}" if enabled else "chunked"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns the result dict (also written as JSON)."""
     if cfg.checkpoint is None:
@@ -83,6 +96,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         label = f"{label}+{set_timestep_spacing(policy, str(cfg.timestep_spacing))}"
     if cfg.get("n_action_steps") is not None:
         label = f"{label}+exec{set_action_steps(policy, int(cfg.n_action_steps))}"
+    te, te_m = cfg.get("temporal_ensemble"), cfg.get("temporal_ensemble_m")
+    if te is not None or te_m is not None:
+        on = bool(te) if te is not None else policy.temporal_ensemble_m is not None
+        if te_m is not None and not on:
+            raise ValueError(f"temporal_ensemble_m={te_m} needs temporal ensembling on: add "
+                             "temporal_ensemble=true (this policy executes whole chunks)")
+        label = f"{label}+{set_temporal_ensemble(policy, on, te_m)}"
     out = Path(cfg.out) if cfg.out else ckpt.parent / f"eval_{task.name}.json"
     res = evaluate_policy(policy, task, cfg.n_episodes, cfg.n_envs, role=cfg.seeds,
                           video_dir=out.parent / "videos" if cfg.n_videos else None, n_videos=cfg.n_videos)

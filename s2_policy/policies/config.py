@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-HEADS = ("mlp", "diffusion")
+HEADS = ("mlp", "diffusion", "transformer")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIMScheduler timestep_spacing
 NORMALIZER_MODES = ("limits", "gaussian")
 
@@ -66,19 +66,80 @@ class DiffusionHeadConfig:
 
 
 @dataclass
+class TransformerHeadConfig:
+    """ACT-style transformer head (Zhao et al. 2023): ``horizon`` learned action queries cross-attend to one
+    token per S2 feature token of every camera and observation step, plus one proprio token per step.
+
+    Args:
+        d_model, n_heads, dim_feedforward, dropout: sizes of torch's ``nn.Transformer*Layer`` (pre-norm,
+            GELU).
+        n_encoder_layers: self-attention layers over the observation tokens before the decoder (0: none).
+        n_decoder_layers: decoder layers (query self-attention + cross-attention to the observation tokens).
+        loss: ``l1`` (ACT) | ``l2`` on the normalised chunk.
+        use_vae: ACT's conditional VAE: a transformer encoder reads [CLS, proprio, action chunk] into a
+            ``latent_dim`` Gaussian (training only); the decoder sees the sample as one more token, and the
+            prior mean (zeros) at inference. ``kl_weight`` scales the KL term (ACT: 10).
+        n_vae_encoder_layers: layers of that encoder.
+        temporal_ensemble: query the policy every control step and execute the weighted mean of every
+            prediction made for that step (ACT's temporal ensembling; each query contributes its
+            ``n_action_steps`` actions); weights ``exp(-temporal_ensemble_m * i)``, ``i = 0`` the oldest.
+    """
+
+    d_model: int = 128
+    n_heads: int = 4
+    dim_feedforward: int = 512
+    n_encoder_layers: int = 0
+    n_decoder_layers: int = 2
+    dropout: float = 0.1
+    loss: str = "l1"
+    use_vae: bool = False
+    latent_dim: int = 32
+    kl_weight: float = 10.0
+    n_vae_encoder_layers: int = 1
+    temporal_ensemble: bool = False
+    temporal_ensemble_m: float = 0.01
+
+    def __post_init__(self) -> None:
+        p = "policy.transformer"
+        if self.loss not in ("l1", "l2"):
+            raise ValueError(f"{p}.loss={self.loss!r} is unknown; use 'l1' or 'l2'")
+        if min(self.d_model, self.n_heads, self.dim_feedforward, self.n_decoder_layers, self.latent_dim) < 1:
+            raise ValueError(f"{p}: d_model, n_heads, dim_feedforward, n_decoder_layers and latent_dim "
+                             f"must be >= 1, got {self.d_model}, {self.n_heads}, {self.dim_feedforward}, "
+                             f"{self.n_decoder_layers}, {self.latent_dim}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"{p}.d_model={self.d_model} must be divisible by n_heads={self.n_heads}; "
+                             "change one of them")
+        if min(self.n_encoder_layers, self.n_vae_encoder_layers) < 0:
+            raise ValueError(f"{p}.n_encoder_layers and n_vae_encoder_layers must be >= 0, got "
+                             f"{self.n_encoder_layers}, {self.n_vae_encoder_layers}")
+        if self.use_vae and self.n_vae_encoder_layers < 1:
+            raise ValueError(f"{p}.use_vae=true needs n_vae_encoder_layers >= 1 (ACT's CVAE encoder); set it "
+                             "or use_vae=false")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{p}.dropout must be in [0, 1), got {self.dropout}")
+        if self.kl_weight < 0 or self.temporal_ensemble_m < 0:
+            raise ValueError(f"{p}.kl_weight and temporal_ensemble_m must be >= 0, got {self.kl_weight}, "
+                             f"{self.temporal_ensemble_m}")
+
+
+@dataclass
 class PolicyConfig:
     """Behaviour-cloning policy over S2 features and proprio state.
 
     Args:
-        head: ``mlp`` or ``diffusion``.
+        head: ``mlp``, ``diffusion`` or ``transformer``.
         horizon: predicted action chunk length (starts at the first observation step).
         n_obs_steps: observation history (features of all cameras + state per step).
         n_action_steps: actions executed per policy call
-            (``1 <= n_action_steps <= horizon - n_obs_steps + 1``).
+            (``1 <= n_action_steps <= horizon - n_obs_steps + 1``); with the transformer head's
+            ``temporal_ensemble`` the policy runs every step and this many predictions are averaged.
         normalizer_mode: ``limits`` ([-1, 1]) or ``gaussian``.
         obs_proj_dim: linear projection of the concatenated camera features (0: none).
         token_proj_dim: per-token projection of token features (``encoder.pooling=tokens``).
-        mlp, diffusion: the heads' settings (only the chosen head's block is used).
+        obs_proj_dim and token_proj_dim are unused by the transformer head (it projects every token to its
+        ``d_model``).
+        mlp, diffusion, transformer: the heads' settings (only the chosen head's block is used).
     """
 
     head: str = "mlp"
@@ -90,6 +151,7 @@ class PolicyConfig:
     token_proj_dim: int = 16
     mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
+    transformer: TransformerHeadConfig = field(default_factory=TransformerHeadConfig)
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:

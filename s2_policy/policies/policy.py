@@ -22,6 +22,7 @@ from s2_policy.policies.config import PolicyConfig
 from s2_policy.policies.diffusion_head import DiffusionHead
 from s2_policy.policies.mlp_head import MLPHead
 from s2_policy.policies.normalizer import LinearNormalizer
+from s2_policy.policies.transformer_head import TransformerHead
 from s2_policy.serialization import load_tree, save_tree
 
 CHECKPOINT_FORMAT = "s2_policy.policy/2"
@@ -48,7 +49,8 @@ class PolicyCore(nn.Module):
 
     Pooled features ``F`` are LayerNorm-ed; token features ``(N, C)`` (``pooling="tokens"``: spatial layout
     kept) are LayerNorm-ed and projected per token to ``token_proj_dim`` channels, then flattened. The
-    cameras' vectors are concatenated and linearly projected to ``obs_proj_dim``.
+    cameras' vectors are concatenated and linearly projected to ``obs_proj_dim``. The transformer head takes
+    the LayerNorm-ed features as tokens instead (its own projection and embeddings; no flattening).
     ``forward(feats, state, action)`` returns the training loss so that DDP can wrap this module directly.
     """
 
@@ -59,7 +61,14 @@ class PolicyCore(nn.Module):
         self.feature_shape = tuple(int(v) for v in feature_shape)
         if len(self.feature_shape) not in (1, 2):
             raise ValueError(f"features must be pooled (F,) or tokens (N, C), got shape {self.feature_shape}")
-        self.obs_norm = nn.LayerNorm(self.feature_shape[-1])
+        self.reads_tokens = cfg.head == "transformer"
+        # the transformer head's first layer is linear: a LayerNorm affine before it adds nothing it cannot
+        # learn, and training it would need the gradient of every (N x C) input token (a third of a step)
+        self.obs_norm = nn.LayerNorm(self.feature_shape[-1], elementwise_affine=not self.reads_tokens)
+        if self.reads_tokens:
+            self.head: nn.Module = TransformerHead(self.feature_shape, n_cameras, cfg.n_obs_steps, state_dim,
+                                                   action_dim, cfg.horizon, cfg.transformer)
+            return
         if len(self.feature_shape) == 2:
             tok = cfg.token_proj_dim
             self.token_proj: nn.Module = nn.Linear(self.feature_shape[-1], tok)
@@ -72,12 +81,15 @@ class PolicyCore(nn.Module):
         step_dim = (proj if proj > 0 else n_cameras * per_cam) + state_dim
         cond_dim = self.n_obs_steps * step_dim
         if cfg.head == "mlp":
-            self.head: nn.Module = MLPHead(cond_dim, action_dim, cfg.horizon, cfg.mlp)
+            self.head = MLPHead(cond_dim, action_dim, cfg.horizon, cfg.mlp)
         else:
             self.head = DiffusionHead(cond_dim, action_dim, cfg.horizon, cfg.diffusion)
 
     def condition(self, feats: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """``feats (B, To, K, *feature_shape)`` + normalised ``state (B, To, D)`` -> ``(B, cond_dim)``."""
+        """``feats (B, To, K, *feature_shape)`` + normalised ``state (B, To, D)`` -> the head's condition:
+        ``(B, cond_dim)``, or observation tokens ``(B, L, d_model)`` for the transformer head."""
+        if self.reads_tokens:
+            return self.head.tokens(self.obs_norm(feats), state)
         b, to = feats.shape[:2]
         x = self.obs_proj(self.token_proj(self.obs_norm(feats)).flatten(2))
         return torch.cat([x, state], dim=-1).reshape(b, -1)
@@ -137,6 +149,15 @@ class Policy(nn.Module):
     @property
     def horizon(self) -> int:
         return self.config.horizon
+
+    @property
+    def temporal_ensemble_m(self) -> float | None:
+        """ACT's ``m`` when the head asks for temporal ensembling (query every step, average the overlapping
+        predictions with weights ``exp(-m * i)``, ``i = 0`` the oldest); ``None`` for chunked execution."""
+        c = self.config
+        if c.head == "transformer" and c.transformer.temporal_ensemble:
+            return float(c.transformer.temporal_ensemble_m)
+        return None
 
     @property
     def device(self) -> torch.device:

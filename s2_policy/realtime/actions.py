@@ -6,7 +6,8 @@ loop's tick grid (``t0 + k * period``). When the chunk arrives, slots that have 
 their actions are dropped (the robot cannot go back in time). Each tick the loop pops the action of the
 current slot: from the newest chunk (``ensemble="none"``, receding horizon), or the exponentially weighted
 mean of every chunk's prediction for that slot (``ensemble="temporal"``, ACT's temporal ensembling: weight
-``exp(-k * i)`` with ``i = 0`` the oldest prediction).
+``exp(-k * i)`` with ``i = 0`` the oldest prediction; the weights of
+:func:`s2_policy.policies.temporal_ensemble.ensemble_weights`, which the rollouts use too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from s2_policy.policies.temporal_ensemble import ensemble_weights
 
 ENSEMBLE_MODES = ("none", "temporal")
 
@@ -79,8 +82,8 @@ class ActionScheduler:
             return None
         if len(slot.actions) == 1:
             return slot.actions[0], slot.t_capture
-        w = np.exp(-self.ensemble_k * np.arange(len(slot.actions)))
-        return (np.tensordot(w / w.sum(), np.stack(slot.actions), axes=1).astype(np.float32), slot.t_capture)
+        w = ensemble_weights(len(slot.actions), self.ensemble_k)
+        return np.tensordot(w, np.stack(slot.actions), axes=1).astype(np.float32), slot.t_capture
 
     def pending(self, now: float) -> int:
         """Slots from the current one on that hold an action."""

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from s2_policy.realtime.actions import ActionScheduler
+from s2_policy.realtime.actions import ENSEMBLE_MODES, ActionScheduler
 from s2_policy.realtime.cameras import CameraSource
 from s2_policy.realtime.inference import FeaturePolicy, FrameEncoder, Inference, InferenceWorker
 from s2_policy.realtime.phase_lock import PhaseLock
@@ -49,8 +49,8 @@ class LoopConfig:
     rate_hz: float = 30.0
     infer_every: int | None = None
     async_inference: bool = False
-    ensemble: str = "none"
-    ensemble_k: float = 0.01
+    ensemble: str | None = None        # None: as the policy asks (temporal for temporal_ensemble heads)
+    ensemble_k: float | None = None    # None: the policy's temporal_ensemble_m, else 0.01
     duration_s: float | None = None
     max_steps: int | None = None
     print_every_s: float = 2.0
@@ -66,6 +66,11 @@ class LoopConfig:
             raise ValueError(f"loop.sync_lag_ms must be in [0, period), got {self.sync_lag_ms}")
         if self.max_frame_wait_ms < 0:
             raise ValueError(f"loop.max_frame_wait_ms must be >= 0, got {self.max_frame_wait_ms}")
+        if self.ensemble is not None and self.ensemble not in ENSEMBLE_MODES:
+            raise ValueError(f"loop.ensemble={self.ensemble!r}; use one of {ENSEMBLE_MODES} or null (as the "
+                             "policy asks)")
+        if self.ensemble_k is not None and self.ensemble_k < 0:
+            raise ValueError(f"loop.ensemble_k must be >= 0 (or null), got {self.ensemble_k}")
         if self.infer_every is not None and self.infer_every < 1:
             raise ValueError(f"loop.infer_every must be >= 1 tick (or null), got {self.infer_every}")
         if isinstance(self.safety, Mapping):
@@ -92,9 +97,13 @@ class ControlLoop:
                              f"(configured: {sorted(cameras)})")
         self.policy, self.encoder, self.robot, self.cfg = policy, encoder, robot, cfg
         self.cameras = {c: cameras[c] for c in policy.cameras}
+        # null ensemble settings follow the policy: a head trained for temporal ensembling gets it with its m
+        policy_m = getattr(policy, "temporal_ensemble_m", None)
+        self.ensemble = cfg.ensemble or ("temporal" if policy_m is not None else "none")
+        self.ensemble_k = next(k for k in (cfg.ensemble_k, policy_m, 0.01) if k is not None)
         # default: execute each chunk to its end before the next inference, as the policy was evaluated;
         # temporal ensembling needs a prediction every tick
-        self.infer_every = cfg.infer_every or (1 if cfg.ensemble == "temporal" else policy.n_action_steps)
+        self.infer_every = cfg.infer_every or (1 if self.ensemble == "temporal" else policy.n_action_steps)
         self.telemetry = telemetry or Telemetry(cfg.period, cfg.print_every_s)
         self.safety = SafetyMonitor(cfg.safety)
         self._stop = threading.Event()
@@ -117,7 +126,7 @@ class ControlLoop:
         self.t0 = self.t_start = time.monotonic() if t0 is None else t0
         self.phase.restart()
         cfg = self.cfg
-        self.inference.restart(ActionScheduler(self.t0, cfg.period, cfg.ensemble, cfg.ensemble_k))
+        self.inference.restart(ActionScheduler(self.t0, cfg.period, self.ensemble, self.ensemble_k))
 
     # -- one tick -------------------------------------------------------------------------------------------
     def _new_drops(self) -> int:

@@ -193,7 +193,8 @@ def run_realtime(cfg: Mapping, out_dir: str | Path) -> dict[str, Any]:
                          "tiles_per_step": batcher.n_tiles, "dtype": str(policy.encoder.compute_dtype),
                          "device": str(policy.encoder.device)},
              "policy": {"head": policy.config.head, "n_obs_steps": policy.n_obs_steps,
-                        "n_action_steps": policy.n_action_steps},
+                        "n_action_steps": policy.n_action_steps, "ensemble": loop.ensemble,
+                        "ensemble_k": loop.ensemble_k, "infer_every": loop.infer_every},
              "torch_threads": torch.get_num_threads()}
     paths = loop.telemetry.write(out_dir, extra)
     summary = {**summary, **extra, "files": {k: str(v) for k, v in paths.items()}}
