@@ -260,7 +260,8 @@ def _codec_arrays(root: zarr.Group, a: np.ndarray) -> dict[str, tuple[zarr.Array
     if fmt == 2:
         specs = {"blosc1": ((1,), numcodecs.Blosc(cname="lz4"), None),
                  "zstd3": ((3,), numcodecs.Zstd(), None), "raw2": ((2,), None, None),
-                 "gzip1": ((1,), numcodecs.GZip(), None)}  # fmt: skip
+                 "gzip1": ((1,), numcodecs.GZip(), None),
+                 "bz2": ((1,), numcodecs.BZ2(), None)}  # fmt: skip  (not decoded directly: through zarr)
     else:
         specs = {"blosc1": ((1,), (blosc, zarr.codecs.Crc32cCodec()), None),
                  "zstd3": ((3,), zarr.codecs.ZstdCodec(), None), "raw2": ((2,), None, None),
@@ -271,7 +272,7 @@ def _codec_arrays(root: zarr.Group, a: np.ndarray) -> dict[str, tuple[zarr.Array
         arr = root.create_array(name, shape=a.shape, chunks=(*c0, *a.shape[1:]), dtype=a.dtype,
                                 compressors=comp, **kw)  # fmt: skip
         arr[:] = a
-        out[name] = (arr, shard is None)
+        out[name] = (arr, shard is None and name != "bz2")
     split = root.create_array("split_w", shape=a.shape, chunks=(1, 2, *a.shape[2:]), dtype=a.dtype)
     split[:] = a
     out["split_w"] = (split, False)  # chunks that split a frame: through zarr

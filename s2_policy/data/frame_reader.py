@@ -20,15 +20,20 @@ from s2_policy.data.integrity import StoreIntegrityError
 
 __all__ = ["FrameReader"]
 
+# zarr 2 compressors the direct path decodes itself: byte codecs only, nothing that can build objects
+_ZARR2_COMPRESSORS = (numcodecs.Blosc, numcodecs.Zstd, numcodecs.GZip, numcodecs.Zlib, numcodecs.LZ4)
+
 
 class FrameReader:
     """Whole frames (indices along axis 0) of one store array; each chunk is read and decoded once per call.
 
     Direct path, for uint8 arrays chunked along axis 0 only (diffusion_policy's image layout) in a local
     directory: each chunk file is read and decoded with numcodecs (zarr 3: ``bytes`` then blosc, zstd or
-    gzip, then an optional crc32c, which is checked; zarr 2: any numcodecs compressor, no filters). Anything
-    else (sharding, filters, other dtypes) is read through zarr's orthogonal indexing. ``checked``: a missing
-    chunk file is an error, as in checksummed stores; otherwise it reads as the fill value, as zarr does.
+    gzip, then an optional crc32c, which is checked; zarr 2: blosc, zstd, gzip, zlib or lz4, no filters).
+    Anything else (sharding, filters, other codecs or dtypes) is read through zarr's orthogonal indexing.
+    ``checked``: a missing chunk file is an error, as in checksummed stores; otherwise it reads as the fill
+    value, as zarr does.
+    ``direct`` says which path is used (set it False to force zarr, e.g. to compare the two).
     """
 
     def __init__(self, arr: zarr.Array, array_dir: str | os.PathLike, name: str, checked: bool) -> None:
@@ -53,6 +58,8 @@ class FrameReader:
         if meta.zarr_format == 2:
             if meta.filters or meta.order != "C":
                 return None, False
+            if meta.compressor is not None and not isinstance(meta.compressor, _ZARR2_COMPRESSORS):
+                return None, False  # anything else (e.g. numcodecs' Pickle) is left to zarr
             return ([meta.compressor] if meta.compressor is not None else []), False
         codecs = list(meta.codecs)
         if not codecs or not isinstance(codecs[0], zarr.codecs.BytesCodec):

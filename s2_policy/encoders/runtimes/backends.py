@@ -93,8 +93,7 @@ class OpenVinoSession:
     """
 
     def __init__(self, path: Path, hint: str, threads: int, max_compiled: int = 4) -> None:
-        self.ov = require("openvino", "openvino")
-        self.core = self.ov.Core()
+        self.core = require("openvino", "openvino").Core()
         self.model = self.core.read_model(str(path))
         self.config = {
             "INFERENCE_PRECISION_HINT": hint,
