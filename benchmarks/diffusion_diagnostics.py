@@ -21,18 +21,21 @@ longer, predict the sample, average); one whose error is mostly bias did not lea
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from envs.spec import TaskSpec
-from s2_policy.data.feature_cache import ensure_feature_cache
-from s2_policy.data.sequence import SequenceDataset
-from s2_policy.encoders import build_encoder_from_identity
-from s2_policy.jobs.evaluate import set_ddim_steps, set_timestep_spacing
-from s2_policy.policies.policy import Policy
-from s2_policy.training.trainer import prepare_batch, tensorize_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from envs.spec import TaskSpec  # noqa: E402  (after sys.path)
+from s2_policy.data.feature_cache import ensure_feature_cache  # noqa: E402  (after sys.path)
+from s2_policy.data.sequence import SequenceDataset  # noqa: E402  (after sys.path)
+from s2_policy.encoders import build_encoder_from_identity  # noqa: E402  (after sys.path)
+from s2_policy.jobs.evaluate import set_ddim_steps, set_timestep_spacing  # noqa: E402  (after sys.path)
+from s2_policy.policies.policy import Policy  # noqa: E402  (after sys.path)
+from s2_policy.training.trainer import prepare_batch, tensorize_dataset  # noqa: E402  (after sys.path)
 
 
 def validation_windows(policy: Policy, val_ratio: float, split_seed: int) -> dict[str, torch.Tensor]:

@@ -83,7 +83,8 @@ def test_token_layout_and_chunk_shapes(feature_shape):
     state = p.normalizer.normalize("state", obs["state"])
     tokens = p.core.condition(feats, state)
     n_feat = feature_shape[0] if len(feature_shape) == 2 else 1
-    assert tokens.shape == (3, 2 * 2 * n_feat + 2, 32) == (3, head.n_tokens, 32)
+    # per step: every camera's feature tokens, then one readout token per step, then one proprio per step
+    assert tokens.shape == (3, 2 * 2 * n_feat + 2 + 2, 32) == (3, head.n_tokens, 32)
     assert head.predict(tokens).shape == (3, 8, 3)                        # the whole chunk, normalised
     assert p.predict_action(obs).shape == (3, 4, 3)                       # n_action_steps in env units
     # proprio tokens are the last n_obs_steps: a new state changes them and nothing else
@@ -108,23 +109,35 @@ def test_embeddings_tell_cameras_steps_and_token_positions_apart():
         assert (p.predict_action(other) - base).abs().max() > 1e-4
 
 
-def test_token_positions_start_as_unit_sinusoids_and_every_query_sees_the_state():
-    """Known values of the position codes (sin/cos of position x 10000^(-2i/d)); the decoder's queries start
-    from the newest proprio token, so the state moves the chunk even when the image tokens carry nothing."""
+def test_positions_and_queries_start_as_unit_sinusoids_and_every_query_sees_state_and_readout():
+    """Known values of the position codes (sin/cos of position x 10000^(-2i/d)); token positions and queries
+    start from them; the decoder's queries start from the newest proprio and readout tokens, so the state and
+    the whole token grid move the chunk without attention having to find them first."""
     e = sinusoidal_embedding(3, 4)
     want = torch.tensor([[0.0, 1.0, 0.0, 1.0],
                          [math.sin(1.0), math.cos(1.0), math.sin(0.01), math.cos(0.01)],
                          [math.sin(2.0), math.cos(2.0), math.sin(0.02), math.cos(0.02)]])
     torch.testing.assert_close(e, want)
-    head = TransformerHead((5, 12), 2, 1, 3, 4, 8, TransformerHeadConfig(n_decoder_layers=1, dropout=0.0))
+    head = TransformerHead((5, 12), 2, 2, 3, 4, 8, TransformerHeadConfig(n_decoder_layers=1, dropout=0.0))
     torch.testing.assert_close(head.token_embed.detach(), sinusoidal_embedding(5, head.cfg.d_model))
+    torch.testing.assert_close(head.queries.detach(), sinusoidal_embedding(8, head.cfg.d_model))
     calls = []
     head.decoder.register_forward_pre_hook(lambda m, args: calls.append(args[0].detach().clone()))
-    feats = torch.zeros(2, 1, 2, 5, 12)
-    state = torch.tensor([[[0.5, -1.0, 0.25]], [[0.0, 0.0, 0.0]]])
+    feats = torch.randn(2, 2, 2, 5, 12)
+    state = torch.tensor([[[0.5, -1.0, 0.25], [1.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.0, 0.5, 0.0]]])
     tokens = head.tokens(feats, state)
     head.decode(tokens)
-    torch.testing.assert_close(calls[0], head.queries.detach() + tokens[:, -1:].detach())
+    # layout [..., readout step 0, readout step 1, proprio step 0, proprio step 1]: the newest of each
+    with torch.no_grad():
+        readout = head.readout_proj(head.readout_token_proj(feats[:, 1]).flatten(1)) + head.step_embed[1]
+        proprio = head.state_proj(state[:, 1]) + head.step_embed[1] + head.source_embed[-1]
+    torch.testing.assert_close(tokens[:, -3], readout + head.readout_embed[0])
+    torch.testing.assert_close(tokens[:, -1], proprio)
+    torch.testing.assert_close(calls[0], head.queries.detach() + (tokens[:, -1:] + tokens[:, -3:-2]).detach())
+    # readout_dim=0: pure attention (ACT as published), no readout token
+    bare = TransformerHead((5, 12), 2, 2, 3, 4, 8, TransformerHeadConfig(readout_dim=0))
+    assert bare.tokens(feats, state).shape[1] == bare.n_tokens == 2 * (2 * 5 + 1)
+    assert not hasattr(bare, "readout_proj")
 
 
 def test_obs_projections_of_the_flat_heads_are_not_built():
@@ -248,7 +261,8 @@ def test_rollout_queries_every_step_and_resets_the_ensemble_per_episode():
 
 def test_evaluate_override_and_the_real_time_loop_follow_the_policy():
     p = _policy((12,))
-    assert p.temporal_ensemble_m is None
+    assert p.temporal_ensemble_m == 0.01        # the default: ACT's ensembling (chosen on selection seeds)
+    assert set_temporal_ensemble(p, False) == "chunked" and p.temporal_ensemble_m is None
     assert set_temporal_ensemble(p, True, 0.2) == "te0.2" and p.temporal_ensemble_m == 0.2
     sources = {c: object() for c in CAMS}    # ControlLoop only maps them at construction
     loop = ControlLoop(p, object(), sources, DryRunRobot(3, np.zeros(4)), LoopConfig(rate_hz=10))
@@ -290,6 +304,13 @@ def test_checkpoint_round_trip_gives_the_same_actions(tmp_path, tf):
     q = Policy.load(p.save(tmp_path / "policy.pt"), load_encoder=False)
     assert q.config == p.config and q.temporal_ensemble_m == p.temporal_ensemble_m
     torch.testing.assert_close(q.predict_action(obs), a1, rtol=0, atol=0)
+
+
+def test_transformer_checkpoints_from_before_the_chunk_readout_are_refused_with_the_fix():
+    ckpt = _policy((5, 12)).checkpoint_dict()
+    del ckpt["config"]["transformer"]["readout_dim"]        # as written in round six (per-query readout)
+    with pytest.raises(ValueError, match="before the head's chunk readout.*policy=transformer"):
+        Policy.from_checkpoint_dict(ckpt, load_encoder=False)
 
 
 def test_checkpoints_from_before_the_transformer_head_still_load():

@@ -75,7 +75,9 @@ class TransformerHeadConfig:
             GELU).
         n_encoder_layers: self-attention layers over the observation tokens before the decoder (0: none).
         n_decoder_layers: decoder layers (query self-attention + cross-attention to the observation tokens).
-        loss: ``l1`` (ACT) | ``l2`` on the normalised chunk.
+        readout_dim: channels per feature token of the readout token (one per step: every camera's grid,
+            flattened and projected to ``d_model``; it also starts every query); 0: none (attention alone).
+        loss: ``l2`` | ``l1`` (ACT's) on the normalised chunk.
         use_vae: ACT's conditional VAE: a transformer encoder reads [CLS, proprio, action chunk] into a
             ``latent_dim`` Gaussian (training only); the decoder sees the sample as one more token, and the
             prior mean (zeros) at inference. ``kl_weight`` scales the KL term (ACT: 10).
@@ -90,13 +92,14 @@ class TransformerHeadConfig:
     dim_feedforward: int = 512
     n_encoder_layers: int = 0
     n_decoder_layers: int = 2
+    readout_dim: int = 16
     dropout: float = 0.1
-    loss: str = "l1"
+    loss: str = "l2"
     use_vae: bool = False
     latent_dim: int = 32
     kl_weight: float = 10.0
     n_vae_encoder_layers: int = 1
-    temporal_ensemble: bool = False
+    temporal_ensemble: bool = True
     temporal_ensemble_m: float = 0.01
 
     def __post_init__(self) -> None:
@@ -110,9 +113,9 @@ class TransformerHeadConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"{p}.d_model={self.d_model} must be divisible by n_heads={self.n_heads}; "
                              "change one of them")
-        if min(self.n_encoder_layers, self.n_vae_encoder_layers) < 0:
-            raise ValueError(f"{p}.n_encoder_layers and n_vae_encoder_layers must be >= 0, got "
-                             f"{self.n_encoder_layers}, {self.n_vae_encoder_layers}")
+        if min(self.n_encoder_layers, self.n_vae_encoder_layers, self.readout_dim) < 0:
+            raise ValueError(f"{p}.n_encoder_layers, n_vae_encoder_layers and readout_dim must be >= 0, got "
+                             f"{self.n_encoder_layers}, {self.n_vae_encoder_layers}, {self.readout_dim}")
         if self.use_vae and self.n_vae_encoder_layers < 1:
             raise ValueError(f"{p}.use_vae=true needs n_vae_encoder_layers >= 1 (ACT's CVAE encoder); set it "
                              "or use_vae=false")

@@ -281,6 +281,10 @@ class Policy(nn.Module):
         if "diffusion" in config and "timestep_spacing" not in config["diffusion"]:
             # written before the setting existed: keep sampling the way it was trained and evaluated
             config["diffusion"] = {**config["diffusion"], "timestep_spacing": "leading"}
+        if config.get("head") == "transformer" and "readout_dim" not in config.get("transformer", {}):
+            raise ValueError("this transformer-head checkpoint was written before the head's chunk readout "
+                             "(s2_policy round six) and its weights do not fit the current head; retrain it: "
+                             "python train_policy.py policy=transformer")
         policy = cls(config, d["feature_dim"], d["cameras"], d["state_dim"], d["action_dim"], norm,
                      encoder_identity=ckpt.get("encoder_identity"), meta=ckpt.get("meta"))
         policy.core.load_state_dict(ckpt["state_dict"])

@@ -3,14 +3,19 @@
 Token layout (``tokens``): every feature token of every camera and observation step is projected to
 ``d_model`` and gets three learned embeddings added, for its observation step, its camera and its position in
 the camera's token grid (the position codes start as sinusoids; ``encoder.pooling=tokens``: CLS + spatial
-grid; pooled features are one token per camera and step). One proprio token per observation step (the
-normalised state, projected) follows, with the step embedding and a "proprio" source embedding. Order:
-``[step 0: cam 0 tokens, cam 1 tokens, ..., step 1: ...,  proprio step 0, proprio step 1, ...]``.
+grid; pooled features are one token per camera and step). With ``readout_dim > 0`` one readout token per
+step follows: every token of every camera projected to ``readout_dim`` channels, flattened, projected to
+``d_model`` (the flat heads' linear view of the whole grid). One proprio token per observation step (the
+normalised state, projected) comes last, with the step embedding and a "proprio" source embedding. Order:
+``[step 0: cam 0 tokens, cam 1 tokens, ..., step 1: ..., readout 0, readout 1, ..., proprio 0, ...]``.
 
 An optional ``nn.TransformerEncoder`` runs self-attention over these tokens; an ``nn.TransformerDecoder``
-then runs ``horizon`` learned queries, each plus the newest proprio token (self-attention among the queries,
-cross-attention to the tokens), and a linear layer reads one action per query: the normalised chunk
-``(B, horizon, A)``. The loss is L1 (ACT's) or L2 on that chunk.
+then runs ``horizon`` learned queries (starting as sinusoids of the chunk step), each plus the newest proprio
+and readout tokens (self-attention among the queries, cross-attention to the tokens), and one linear layer
+maps all decoded queries to the normalised chunk ``(B, horizon, A)``. The loss is L2 (or ACT's L1) on that
+chunk.
+Why the readout token, unit-scale queries and the chunk-wide action layer: without them the head did not fit
+PickCube's x/y delta actions within the CPU training budget (BENCHMARKS.md, round seven).
 
 With ``use_vae`` (ACT's CVAE, off by default) a second encoder reads ``[CLS, proprio tokens, action chunk]``
 during training, its CLS output gives the mean and log-variance of a ``latent_dim`` Gaussian, and a sample
@@ -81,12 +86,18 @@ class TransformerHead(nn.Module):
         self.step_embed = nn.Parameter(torch.zeros(n_obs_steps, d))
         self.source_embed = nn.Parameter(torch.zeros(n_cameras + 1, d))   # cameras, then proprio
         self.token_embed = nn.Parameter(torch.zeros(self.n_feature_tokens, d))
+        if cfg.readout_dim > 0:   # one token per step: a linear read of every camera's whole token grid
+            self.readout_token_proj = nn.Linear(feature_shape[-1], cfg.readout_dim)
+            self.readout_proj = nn.Linear(n_cameras * self.n_feature_tokens * cfg.readout_dim, d)
+            self.readout_embed = nn.Parameter(torch.zeros(1, d))
         self.encoder = _encoder(cfg, cfg.n_encoder_layers) if cfg.n_encoder_layers > 0 else None
         layer = nn.TransformerDecoderLayer(d, cfg.n_heads, cfg.dim_feedforward, cfg.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.n_decoder_layers, norm=nn.LayerNorm(d))
         self.queries = nn.Parameter(torch.zeros(horizon, d))
-        self.action_out = nn.Linear(d, action_dim)
+        # one linear map from all the decoded queries to the whole chunk (each action reads every query): a
+        # per-query map shared across the chunk learns delta actions far slower (BENCHMARKS.md, round seven)
+        self.action_out = nn.Linear(horizon * d, horizon * action_dim)
         if cfg.use_vae:
             self.vae_encoder = _encoder(cfg, cfg.n_vae_encoder_layers)
             self.vae_cls = nn.Parameter(torch.zeros(1, d))
@@ -96,26 +107,32 @@ class TransformerHead(nn.Module):
             self.latent_proj = nn.Linear(cfg.latent_dim, d)
             self.latent_embed = nn.Parameter(torch.zeros(1, d))
         for name, p in self.named_parameters():
-            if name in ("step_embed", "source_embed", "queries", "vae_cls", "vae_pos", "latent_embed"):
+            if name in ("step_embed", "source_embed", "vae_cls", "vae_pos", "latent_embed", "readout_embed"):
                 nn.init.normal_(p, std=0.02)
-        with torch.no_grad():  # token positions start as sinusoids of unit scale (learned from there)
+        with torch.no_grad():  # token positions and queries start as sinusoids of unit scale (then learned)
             self.token_embed.copy_(sinusoidal_embedding(self.n_feature_tokens, d))
+            self.queries.copy_(sinusoidal_embedding(horizon, d))
 
     @property
     def n_tokens(self) -> int:
         """Observation tokens per sample (without the VAE's latent token)."""
-        return self.n_obs_steps * (self.n_cameras * self.n_feature_tokens + 1)
+        readout = 1 if self.cfg.readout_dim > 0 else 0
+        return self.n_obs_steps * (self.n_cameras * self.n_feature_tokens + readout + 1)
 
     def tokens(self, feats: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``feats (B, To, K, *feature_shape)`` (LayerNorm-ed) + normalised ``state (B, To, D)`` ->
-        observation tokens ``(B, To*K*N + To, d_model)`` (proprio last)."""
+        observation tokens ``(B, n_tokens, d_model)``: feature tokens, readout tokens, proprio last."""
         b, to, k = feats.shape[:3]
         if feats.ndim == 4:
             feats = feats.unsqueeze(3)   # pooled: one token per camera and step
         x = (self.feature_proj(feats) + self.step_embed[:to, None, None] + self.source_embed[:k, None]
              + self.token_embed)
         s = self.state_proj(state) + self.step_embed[:to] + self.source_embed[-1]
-        return torch.cat([x.reshape(b, -1, x.shape[-1]), s], dim=1)
+        parts = [x.reshape(b, -1, x.shape[-1])]
+        if self.cfg.readout_dim > 0:
+            parts.append(self.readout_proj(self.readout_token_proj(feats).flatten(2)) + self.step_embed[:to]
+                         + self.readout_embed)
+        return torch.cat([*parts, s], dim=1)
 
     def _latent_stats(self, tokens: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CVAE encoder: ``[CLS, proprio tokens, action tokens]`` -> (mean, log-variance) of the latent."""
@@ -133,13 +150,16 @@ class TransformerHead(nn.Module):
                 latent = tokens.new_zeros(tokens.shape[0], self.cfg.latent_dim)
             tokens = torch.cat([(self.latent_proj(latent) + self.latent_embed)[:, None], tokens], dim=1)
         memory = self.encoder(tokens) if self.encoder is not None else tokens
-        # every query starts from the newest proprio token: a direct path for the robot's own state, which
-        # cross-attention over ~100 image tokens would otherwise have to single out first
-        out = self.decoder(self.queries + tokens[:, -1:], memory)
-        return self.action_out(out)
+        # every query starts from the newest proprio (and readout) token: a direct path for the robot's state
+        # and the whole view, which cross-attention over ~130 tokens would otherwise have to single out first
+        start = self.queries + tokens[:, -1:]
+        if self.cfg.readout_dim > 0:
+            start = start + tokens[:, -self.n_obs_steps - 1:-self.n_obs_steps]
+        out = self.decoder(start, memory)
+        return self.action_out(out.flatten(1)).view(-1, self.horizon, self.action_dim)
 
     def compute_loss(self, tokens: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """L1 (or L2) on the normalised chunk, plus ``kl_weight`` x KL(q(z | obs, chunk) || N(0, I)) with
+        """L2 (or L1) on the normalised chunk, plus ``kl_weight`` x KL(q(z | obs, chunk) || N(0, I)) with
         ``use_vae``."""
         latent = kl = None
         if self.cfg.use_vae:
