@@ -92,7 +92,7 @@ class TransformerHeadConfig:
     dim_feedforward: int = 512
     n_encoder_layers: int = 0
     n_decoder_layers: int = 2
-    readout_dim: int = 16
+    readout_dim: int = 128
     dropout: float = 0.1
     loss: str = "l2"
     use_vae: bool = False
