@@ -4,6 +4,12 @@ Usage:
 ``python benchmarks/head_comparison.py [--tasks pick_cube pick_marked_cube] [--heads mlp transformer]
 [--seeds 0 1 2] [--out outputs/head_comparison] [-- extra hydra overrides]``
 
+A head can also be a named variant, ``NAME=HEAD[,OVERRIDE...]``: e.g.
+``diffusion_te=diffusion,policy.diffusion.temporal_ensemble=true`` runs the diffusion head with that override,
+in its own folder and under the label ``NAME``; ``--baseline NAME`` makes it the row the others are compared
+with (default: ``mlp``). Encoders compare the same way, e.g. ``--heads single=mlp,s2=single s2=mlp
+--baseline single``.
+
 For every task, training seed and head it runs ``python train_policy.py task=<task> <head overrides>
 seed=<seed> <extra overrides>`` (``mlp``: ``policy=mlp``; ``transformer``: ``policy=transformer``;
 ``diffusion``: ``policy=diffusion train=diffusion``) with the defaults otherwise: training, then the final
@@ -37,6 +43,21 @@ HEADS = {"mlp": ["policy=mlp"], "transformer": ["policy=transformer"],
          "diffusion": ["policy=diffusion", "train=diffusion"]}
 
 
+def parse_head(spec: str) -> tuple[str, list[str]]:
+    """``mlp`` | ``transformer`` | ``diffusion`` or ``NAME=HEAD[,OVERRIDE...]`` -> (folder, overrides)."""
+    if "=" not in spec.split(",")[0]:
+        if spec not in HEADS:
+            raise SystemExit(f"--heads {spec!r}: use one of {sorted(HEADS)} or NAME=HEAD[,OVERRIDE...]")
+        return spec, HEADS[spec]
+    name, rest = spec.split("=", 1)
+    head, *overrides = rest.split(",")
+    if head not in HEADS or not name.isidentifier() or name in HEADS:
+        raise SystemExit(f"--heads {spec!r}: a variant is NAME=HEAD[,OVERRIDE...] with HEAD one of "
+                         f"{sorted(HEADS)} and NAME a new identifier (e.g. diffusion_te=diffusion,"
+                         "policy.diffusion.temporal_ensemble=true)")
+    return name, [*HEADS[head], *overrides, f"label={name}"]
+
+
 def run_dir(out: Path, task: str, head: str, seed: int) -> Path:
     """Where one run writes: ``<out>/<task>/<head>/seed<k>`` (``metaworld/x`` tasks nest one folder more)."""
     return out / task / head / f"seed{seed}"
@@ -44,11 +65,12 @@ def run_dir(out: Path, task: str, head: str, seed: int) -> Path:
 
 def run_one(out: Path, task: str, head: str, seed: int, extra: list[str]) -> float | None:
     """One main-job run unless its result exists; returns its wall time in seconds (``None``: skipped)."""
+    head, head_overrides = parse_head(head)
     d = run_dir(out, task, head, seed)
     if (d / "result.json").exists():
         return None
     d.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "train_policy.py", f"task={task}", *HEADS[head], f"seed={seed}", *extra,
+    cmd = [sys.executable, "train_policy.py", f"task={task}", *head_overrides, f"seed={seed}", *extra,
            f"hydra.run.dir={d}", "train.progress=false", "eval.n_videos=0"]
     t0 = time.perf_counter()
     with open(d / "run.log", "w") as log:
@@ -61,20 +83,21 @@ def run_one(out: Path, task: str, head: str, seed: int, extra: list[str]) -> flo
     return wall
 
 
-def task_table(out: Path, task: str) -> list[str]:
-    """``compare`` over every head of the task found under ``out``; markdown rows, MLP first."""
-    results = sorted(str(p) for p in (out / task).glob("*/seed*/result.json"))
+def task_table(out: Path, task: str, heads: list[str], baseline_head: str = "mlp") -> list[str]:
+    """``compare`` over ``heads`` (folder names) of the task under ``out``; markdown rows, baseline first."""
+    results = sorted(str(p) for h in heads for p in (out / task / h).glob("seed*/result.json"))
     if not results:
         return []
     labels = {json.loads(Path(p).read_text())["label"]: p for p in results}
-    baseline = next((lab for lab, p in labels.items() if Path(p).parts[-3] == "mlp"), None)
+    baseline = next((lab for lab, p in labels.items() if Path(p).parts[-3] == baseline_head), None)
     cmp = compare(results, out / task / "compare", baseline=baseline, title=task)
     base = next((r for r in cmp["rows"] if r["label"] == baseline), None)
     rows = []
     for r in cmp["rows"]:
         head = Path(labels[r["label"]]).parts[-3] if r["label"] in labels else r["label"]
         walls = [float(p.read_text()) for p in (out / task / head).glob("seed*/wall_s.txt")]
-        wall = f"{min(walls):.0f}-{max(walls):.0f} s" if walls else "-"
+        lo, hi = (min(walls), max(walls)) if walls else (0.0, 0.0)
+        wall = "-" if not walls else f"{lo:.0f} s" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f} s"
         diff = "" if base is None or r is base else f"{100 * (r['seed_mean'] - base['seed_mean']):+.1f}"
         p = r.get("p_vs_baseline")
         rows.append(f"| {task} | {head} | {', '.join(map(str, r['seed_successes']))} | "
@@ -85,13 +108,24 @@ def task_table(out: Path, task: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="Arguments after -- are hydra overrides for every run.")
-    ap.add_argument("--tasks", nargs="+", default=["pick_cube", "pick_marked_cube"])
-    ap.add_argument("--heads", nargs="+", choices=list(HEADS), default=["mlp", "transformer"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "head_comparison")
+    ap.add_argument("--tasks", nargs="+", default=["pick_cube", "pick_marked_cube"],
+                    help="task configs (configs/task), e.g. pick_cube metaworld/bin-picking "
+                         "(default: %(default)s)")
+    ap.add_argument("--heads", nargs="+", default=["mlp", "transformer"],
+                    help="mlp, transformer, diffusion, or a variant NAME=HEAD[,OVERRIDE...] "
+                         "(default: %(default)s)")
+    ap.add_argument("--baseline", default="mlp",
+                    help="the head or variant NAME the others are compared with (default: mlp)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                    help="training seeds, the unit of the comparison (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "head_comparison",
+                    help="sweep folder: <out>/<task>/<head>/seed<k> (default: outputs/head_comparison)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    names = [parse_head(spec)[0] for spec in args.heads]   # refuse a bad head before the first run
+    if args.baseline not in names:
+        raise SystemExit(f"--baseline {args.baseline!r} is not among the heads {names}")
     os.environ.setdefault("MUJOCO_GL", "egl")
     for task in args.tasks:
         for seed in args.seeds:
@@ -101,11 +135,11 @@ def main() -> None:
                       flush=True)
     print(f"\nmachine: {cpu_model()}, load average {os.getloadavg()[0]:.2f} at the end; "
           f"extra overrides: {' '.join(extra) or 'none'}\n")
-    print("| task | head | successes per training seed (of 50 test episodes) | mean | vs MLP (points) "
-          "| Welch p (seed level) | wall time per run |")
+    print(f"| task | head | successes per training seed (of 50 test episodes) | mean | vs {args.baseline} "
+          "(points) | Welch p (seed level) | wall time per run |")
     print("| --- | --- | --- | ---: | ---: | ---: | --- |")
     for task in args.tasks:
-        for row in task_table(args.out, task):
+        for row in task_table(args.out, task, names, args.baseline):
             print(row)
 
 

@@ -61,8 +61,12 @@ def test_significance_tests():
 def test_rollouts_on_toy_env_seeds_chunks_and_key_mapping(tmp_path, n_envs):
     pol = PushRight()
     res = run_rollouts(pol, _toy_task(), [0, 1, 3], n_envs=n_envs, video_dir=tmp_path, n_videos=1,
-                       progress=False)
+                       progress=False, info_keys=["pos", "absent"])
     assert [e["seed"] for e in res["episodes"]] == [0, 1, 3]
+    # each episode's own last and max of info["pos"] (the seed-3 slot follows a success at pos 1.0: reset);
+    # keys the env never reports are left out
+    assert [e["info"] for e in res["episodes"]] == [{"pos": {"last": 1.0, "max": 1.0}}] * 2 + [
+        {"pos": {"last": 0.0, "max": 0.0}}]
     assert [e["success"] for e in res["episodes"]] == [True, True, False]
     assert [e["length"] for e in res["episodes"]] == [2, 4, 6]
     assert res["successes"] == 2 and res["success_rate"] == pytest.approx(2 / 3)

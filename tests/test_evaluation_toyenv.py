@@ -28,11 +28,7 @@ class ToyEnv(gym.Env):
     def step(self, action):
         self.pos += 0.5 * float(np.clip(action[0], -1, 1))
         ok = self.pos >= 1
-        return self._obs(), float(ok), ok, False, {"is_success": ok}
-
-
-if "ToyWalk-v0" not in gym.registry:
-    gym.register("ToyWalk-v0", entry_point=ToyEnv, max_episode_steps=6)
+        return self._obs(), float(ok), ok, False, {"is_success": ok, "pos": self.pos}
 
 
 if "ToyWalk-v0" not in gym.registry:

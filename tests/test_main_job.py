@@ -51,17 +51,23 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
 
     out = tmp_path / "eval.json"
     _run(["-m", "s2_policy.jobs.evaluate", f"checkpoint={run_dir / 'policy.pt'}", "n_episodes=1",
-          "n_videos=0", f"out={out}", f"hydra.run.dir={tmp_path / 'evallogs'}"], cwd=REPO)
+          "n_videos=0", f"out={out}", f"hydra.run.dir={tmp_path / 'evallogs'}", "temporal_ensemble=true",
+          "label=tiny_te"], cwd=REPO)
     ev = json.loads(out.read_text())
-    assert ev["rollout"]["n_episodes"] == 1 and ev["label"] == "tiny"
+    assert ev["rollout"]["n_episodes"] == 1 and ev["label"] == "tiny_te"   # label= replaces "tiny+te0.01"
+    # the MLP head with temporal ensembling: queried at every control step of the episode
+    assert ev["rollout"]["temporal_ensemble_m"] == 0.01 and ev["policy_config"]["mlp"]["temporal_ensemble"]
+    assert ev["rollout"]["policy_calls"] == ev["rollout"]["episodes"][0]["length"]
     assert ev["encoder"]["identity"]["fingerprint"] == result["encoder"]["identity"]["fingerprint"]
 
     cmp = compare([str(run_dir / "result.json")], tmp_path / "cmp")
     row = cmp["rows"][0]
     assert row["label"] == "tiny" and row["seed_rates"] == [result["rollout"]["success_rate"]]
     assert row["env_seeds_paired"] and "below 3" in cmp["warnings"][0]
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps({**ev, "label": "tiny"}))
     with pytest.raises(ValueError, match="training seed 0 twice"):   # the same policy evaluated twice
-        compare([str(run_dir / "result.json"), str(out)], tmp_path / "cmp")
+        compare([str(run_dir / "result.json"), str(twice)], tmp_path / "cmp")
 
 
 @pytest.mark.slow

@@ -138,6 +138,10 @@ def test_policy_input_errors(tmp_path):
         Policy({"horizon": 8, "n_obs_steps": 2, "n_action_steps": 8}, 32, CAMS, 4, 4, n)
     with pytest.raises(ValueError, match="head"):
         Policy({"head": "rnn"}, 32, CAMS, 4, 4, n)
+    with pytest.raises(ValueError, match="clip_sample=false"):   # would clip every action beyond 1 std
+        Policy({"head": "diffusion", "normalizer_mode": "gaussian"}, 32, CAMS, 4, 4, n)
+    assert Policy({"head": "diffusion", "normalizer_mode": "gaussian", "diffusion": {"clip_sample": False}},
+                  32, CAMS, 4, 4, n).config.diffusion.clip_sample is False
     p = Policy({"horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 32, CAMS, 4, 4, n)
     with pytest.raises(KeyError, match="missing keys"):
         p.predict_action({"front": torch.zeros(1, 2, 32), "state": torch.zeros(1, 2, 4)})

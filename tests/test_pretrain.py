@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from s2_policy.pretrain.data import FrameConfig, FrameSampler, frame_views, load_or_render_frames
+from s2_policy.data.store import ReplayStore
+from s2_policy.pretrain.data import (
+    FrameConfig,
+    FrameSampler,
+    count_store_views,
+    frame_views,
+    load_or_render_frames,
+    read_store_frames,
+)
 from s2_policy.pretrain.mae import MAEConfig, MaskedAutoencoder, build_vit, get_2d_sincos_pos_embed
-from s2_policy.pretrain.train import STATE_FORMAT, export_encoder, train_mae
+from s2_policy.pretrain.train import STATE_FORMAT, build_frame_config, export_encoder, train_mae
 from s2_policy.serialization import load_tree
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # A very small member of the family keeps every test fast; the export tests use the real s2p-tiny shape.
 SMALL = MAEConfig(
@@ -21,7 +33,6 @@ SMALL = MAEConfig(
     decoder_depth=1,
     decoder_num_heads=2,
 )
-
 
 
 def _synthetic_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -227,7 +238,7 @@ def test_cli_config_runs_end_to_end(tmp_path: Path) -> None:
 
     from s2_policy.pretrain.train import run_pretraining
 
-    config_dir = Path(__file__).resolve().parents[1] / "configs"
+    config_dir = CONFIG_DIR
     overrides = [
         f"out_dir={tmp_path}",
         f"data.cache={tmp_path}/frames.npy",
@@ -285,3 +296,137 @@ def test_amp_auto_follows_the_cpus_bf16_units(monkeypatch):
     assert pt.resolve_amp("auto") is True
     with pytest.raises(ValueError, match="auto, true or false"):
         pt.resolve_amp("yes")
+
+
+# ------------------------------------------------------------------ frames from demonstration stores
+
+
+def _write_frame_store(
+    path: Path,
+    lengths: list[int],
+    cameras: tuple[str, ...] = ("front", "wrist"),
+    size: int = 128,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """A store (the project's writer) whose images are random ``size // 2`` images upsampled 2x by pixel
+    repetition, so that the area resize to ``size // 2`` gives the small image back exactly; returns the small
+    images per camera, indexed by store frame. Every frame, camera and quadrant differs."""
+    rng = np.random.default_rng(seed)
+    n, half = sum(lengths), size // 2
+    small = {cam: rng.integers(0, 256, (n, half, half, 3), dtype=np.uint8) for cam in cameras}
+    store = ReplayStore.create(path, attrs={"cameras": list(cameras)})
+    start = 0
+    for length in lengths:
+        episode = {cam: small[cam][start : start + length].repeat(2, 1).repeat(2, 2) for cam in cameras}
+        episode["action"] = np.zeros((length, 2), np.float32)
+        store.add_episode(episode)
+        start += length
+    return small
+
+
+def _append_episode(path: Path, length: int, cameras: tuple[str, ...] = ("front", "wrist")) -> None:
+    store = ReplayStore.open(path, mode="a")
+    episode = {cam: np.full((length, 128, 128, 3), 7, np.uint8) for cam in cameras}
+    store.add_episode({**episode, "action": np.zeros((length, 2), np.float32)})
+
+
+def _quadrants(image: np.ndarray, out: int = 64) -> list[bytes]:
+    return [image[i : i + out, j : j + out].tobytes() for i in (0, out) for j in (0, out)]
+
+
+def test_store_frames_are_the_s2_views_of_every_stride_th_frame(tmp_path: Path) -> None:
+    a = _write_frame_store(tmp_path / "a.zarr", [5, 3], seed=0)
+    b = _write_frame_store(tmp_path / "b.zarr", [4], seed=1)
+    cameras = ["front", "wrist"]
+    cfg = FrameConfig(stores=[str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], cameras=cameras, stride=2)
+    frames = read_store_frames(cfg, progress=False)
+    # every 2nd frame counted from each episode's start: ceil(5/2) + ceil(3/2) + ceil(4/2) = 7 kept frames
+    kept = [(a, 0), (a, 2), (a, 4), (a, 5), (a, 7), (b, 0), (b, 2)]
+    assert frames.shape == (7 * 2 * 3, 64, 64, 3) and frames.dtype == np.uint8  # x cameras x (1 + 2 tiles)
+    assert count_store_views(cfg) == len(frames)
+    assert count_store_views(replace(cfg, tiles_per_frame=0, stride=1)) == 12 * 2
+    picked = []
+    for k, (small, t) in enumerate(kept):
+        for c, cam in enumerate(cameras):
+            views = frames[(k * 2 + c) * 3 : (k * 2 + c + 1) * 3]
+            np.testing.assert_array_equal(views[0], small[cam][t])  # base scale: the whole frame resized
+            quadrants = _quadrants(small[cam][t].repeat(2, 0).repeat(2, 1))
+            tiles = [quadrants.index(v.tobytes()) for v in views[1:]]  # ValueError: not a tile of this frame
+            assert tiles[0] != tiles[1]
+            picked.append(tuple(tiles))
+    assert len(set(picked)) > 1  # the tiles are drawn, not always the same two
+
+
+def test_store_frames_cache_key_follows_stores_content_and_settings(tmp_path: Path) -> None:
+    _write_frame_store(tmp_path / "a.zarr", [3, 2], seed=0)
+    _write_frame_store(tmp_path / "b.zarr", [2], seed=1)
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    cfg = FrameConfig(stores=[a], cameras=["front"], stride=2)
+    keys = [
+        cfg.key(),
+        replace(cfg, stores=[a, b]).key(),
+        replace(cfg, stores=[b, a]).key(),
+        replace(cfg, stride=3).key(),
+        replace(cfg, tiles_per_frame=1).key(),
+        replace(cfg, cameras=["wrist"]).key(),
+        replace(cfg, seed=1).key(),
+    ]
+    assert len(set(keys)) == len(keys)
+    assert replace(cfg, tasks=["other"], max_steps=7).key() == keys[0]  # rollout settings do not apply
+    cache = tmp_path / "frames.npy"
+    frames = load_or_render_frames(cfg, cache, progress=False)
+    assert isinstance(frames, np.memmap) and len(frames) == (2 + 1) * 3
+    np.testing.assert_array_equal(frames, read_store_frames(cfg, progress=False))
+    mtime = cache.stat().st_mtime_ns
+    assert load_or_render_frames(cfg, cache, progress=False).shape == frames.shape
+    assert cache.stat().st_mtime_ns == mtime  # same key: the cache is reused, not rebuilt
+    _append_episode(tmp_path / "a.zarr", 4)
+    assert cfg.key() != keys[0]  # new content, same path and settings
+    assert len(load_or_render_frames(cfg, cache, progress=False)) == (2 + 1 + 2) * 3  # rebuilt
+
+
+def test_rendered_frames_keep_their_cache_key() -> None:
+    """The new ``stores`` field, left empty, does not change the key of rendered frames: caches made before
+    it existed stay valid (the key of the shipped s2p-tiny frames, docs/pretrain.md)."""
+    from omegaconf import OmegaConf
+
+    cfg = build_frame_config(OmegaConf.load(CONFIG_DIR / "pretrain.yaml").data)
+    assert cfg.stores == [] and cfg.key() == "461791819a80cc9f"
+
+
+def test_store_frames_refuse_missing_cameras_wrong_sizes_and_paths(tmp_path: Path) -> None:
+    path = tmp_path / "front_only.zarr"
+    _write_frame_store(path, [2], cameras=("front",))
+    cfg = FrameConfig(stores=[str(path)], cameras=["front", "side"])
+    msg = f"store {path} has no camera 'side' (data.cameras = ['front', 'side']); its cameras are ['front']"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        cfg.key()
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        read_store_frames(cfg, progress=False)
+    _write_frame_store(tmp_path / "px96.zarr", [2], cameras=("front",), size=96)
+    px96 = FrameConfig(stores=[str(tmp_path / "px96.zarr")], cameras=["front"])
+    with pytest.raises(ValueError, match=r"shape \(96, 96, 3\).*render_size = 128.*convert the store"):
+        read_store_frames(px96, progress=False)
+    _write_frame_store(tmp_path / "px256.zarr", [1], cameras=("front",), size=256)
+    with pytest.raises(ValueError, match=r"set data.render_size=256"):
+        FrameConfig(stores=[str(tmp_path / "px256.zarr")], cameras=["front"]).key()
+    ReplayStore.create(tmp_path / "empty.zarr", attrs={"cameras": ["front"]})
+    with pytest.raises(ValueError, match="empty.zarr holds no complete episode"):
+        FrameConfig(stores=[str(path), str(tmp_path / "empty.zarr")], cameras=["front"]).key()
+    with pytest.raises(FileNotFoundError, match="data.stores lists .*missing.zarr"):
+        FrameConfig(stores=[str(tmp_path / "missing.zarr")], cameras=["front"]).key()
+
+
+def test_pretrain_config_takes_stores_from_the_command_line(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    _write_frame_store(tmp_path / "s.zarr", [4], cameras=("corner4",))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        default = compose(config_name="pretrain")
+        overrides = [f"data.stores=[{tmp_path}/s.zarr]", "data.cameras=[corner4]"]
+        cfg = compose(config_name="pretrain", overrides=overrides)
+    assert build_frame_config(default.data).stores == []
+    frame_cfg = build_frame_config(cfg.data)
+    assert frame_cfg.stores == [f"{tmp_path}/s.zarr"] and frame_cfg.cameras == ["corner4"]
+    # the yaml's settings: every 3rd frame of the 4 (2 kept), 1 camera, the whole frame + 2 tiles
+    assert read_store_frames(frame_cfg, progress=False).shape == (2 * 3, 64, 64, 3)

@@ -277,8 +277,13 @@ def test_evaluate_override_and_the_real_time_loop_follow_the_policy():
         set_temporal_ensemble(p, True, -1.0)
     mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 3,
                  _normalizer())
-    with pytest.raises(ValueError, match="transformer head"):
-        set_temporal_ensemble(mlp, True)
+    assert mlp.temporal_ensemble_m is None          # the MLP and diffusion heads execute whole chunks
+    assert set_temporal_ensemble(mlp, True, 0.1) == "te0.1" and mlp.temporal_ensemble_m == 0.1  # any head
+    assert mlp.config.mlp.temporal_ensemble and not mlp.config.diffusion.temporal_ensemble  # its own block
+    dif = PolicyConfig.from_dict({"head": "diffusion", "diffusion": {"temporal_ensemble": True}})
+    assert dif.diffusion.temporal_ensemble and dif.diffusion.temporal_ensemble_m == 0.01
+    with pytest.raises(ValueError, match="temporal_ensemble_m must be >= 0"):
+        PolicyConfig.from_dict({"head": "diffusion", "diffusion": {"temporal_ensemble_m": -0.5}})
     with pytest.raises(ValueError, match="loop.ensemble"):
         LoopConfig(ensemble="mean")
 

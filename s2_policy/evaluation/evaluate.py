@@ -8,7 +8,7 @@ episodes, and a JSON-able result that ``s2_policy.evaluation.compare`` reads.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,14 @@ from s2_policy.evaluation.seeds import eval_seeds
 
 def evaluate_policy(policy: Any, task: TaskSpec, n_episodes: int = 50, n_envs: int = 1, role: str = "test",
                     video_dir: str | Path | None = None, n_videos: int = 2,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, info_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Roll ``policy`` out on the first ``n_episodes`` ``role`` seeds of ``task`` (never demonstration
-    seeds)."""
+    seeds); ``info_keys``: env info values kept per episode (:func:`run_rollouts`)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     seeds = eval_seeds(task, role, n_episodes, task.demos.path)
     res = run_rollouts(policy, task, seeds, n_envs=n_envs, video_dir=video_dir, n_videos=n_videos,
-                       progress=progress)
+                       progress=progress, info_keys=info_keys)
     res["seed_role"] = role
     res["demo_store"] = task.demos.path  # compare re-checks the seeds against the store's demo seeds
     return res

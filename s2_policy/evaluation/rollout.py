@@ -35,7 +35,7 @@ def make_vector_env(task: TaskSpec, n_envs: int) -> gym.vector.VectorEnv:
 
 def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int = 2,
                  video_dir: str | Path | None = None, n_videos: int = 2, progress: bool = True,
-                 sample_seed: int = 0) -> dict[str, Any]:
+                 sample_seed: int = 0, info_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Roll ``policy`` out once per seed and return success statistics (JSON-able dict).
 
     ``policy`` needs ``cameras``, ``n_obs_steps`` and ``predict_action(obs) -> (B, n_action_steps, A)``.
@@ -43,7 +43,9 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
     and action queue; the policy runs once, batched, over every env whose queue is empty. A policy whose
     ``temporal_ensemble_m`` is not ``None`` runs at every step instead, and each env executes the
     temporally ensembled action of its chunks (:class:`TemporalEnsembler`, reset at each episode start).
-    Videos of the first ``n_videos`` seeds go to ``video_dir``.
+    Videos of the first ``n_videos`` seeds go to ``video_dir``. Each numeric ``info_keys`` entry the env
+    reports is kept per episode as its ``last`` and ``max`` value (``episodes[i]["info"]``: for telling
+    failure modes apart, e.g. MetaWorld's ``grasp_success`` and ``obj_to_target``).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -76,6 +78,7 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
         queues: list[deque] = [deque() for _ in range(n_envs)]
         length = np.zeros(n_envs, int)
         success = np.zeros(n_envs, bool)
+        tracked: list[dict[str, dict[str, float]]] = [{} for _ in range(n_envs)]
         frames: dict[int, list[np.ndarray]] = {e: [] for e in range(min(n_videos, len(seeds)))}
         for i in range(n_envs):
             _record(frames, slot_ep[i], hist[i][-1], policy.cameras)
@@ -106,12 +109,13 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
                     continue
                 length[i] += 1
                 success[i] |= bool(succ[i])
+                _track(tracked[i], info, info_keys, i)
                 hist[i].append(_slice(obs, keys, i))
                 _record(frames, slot_ep[i], hist[i][-1], policy.cameras)
                 limit = max_steps is not None and length[i] >= max_steps
                 if term[i] or trunc[i] or limit:
                     results.append({"seed": seeds[slot_ep[i]], "success": bool(success[i]),
-                                    "length": int(length[i])})
+                                    "length": int(length[i]), **({"info": tracked[i]} if info_keys else {})})
                     bar.update(1)
                     ep = slot_ep[i]
                     if ep in frames and video_dir is not None:
@@ -139,7 +143,7 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
                         queues[i].clear()
                         if ensembler is not None:
                             ensembler.reset(i)
-                        length[i], success[i] = 0, False
+                        length[i], success[i], tracked[i] = 0, False, {}
                         _record(frames, slot_ep[i], hist[i][-1], policy.cameras)
         bar.close()
     finally:
@@ -153,6 +157,16 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
             "episodes": results, "videos": videos, "seconds": time.perf_counter() - t0,
             "policy_seconds": policy_s, "policy_calls": policy_calls, "n_envs": n_envs,
             "temporal_ensemble_m": ensemble_m}
+
+
+def _track(kept: dict[str, dict[str, float]], info: Mapping[str, Any], keys: Sequence[str], i: int) -> None:
+    """Update env ``i``'s ``last`` / ``max`` of each numeric info key it reported this step."""
+    for k in keys:
+        if k not in info or not info.get(f"_{k}", np.ones(i + 1, bool))[i]:
+            continue
+        v = float(np.asarray(info[k])[i])
+        old = kept.get(k)
+        kept[k] = {"last": v, "max": v if old is None else max(old["max"], v)}
 
 
 def _slice(obs: Mapping[str, np.ndarray], keys: Mapping[str, str], i: int) -> dict[str, np.ndarray]:

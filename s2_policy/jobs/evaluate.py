@@ -61,16 +61,15 @@ def set_action_steps(policy: Policy, steps: int) -> int:
 
 
 def set_temporal_ensemble(policy: Policy, enabled: bool, m: float | None = None) -> str:
-    """Turn the transformer head's temporal ensembling on or off (and set its ``m``) after training (choose
-    it on ``seeds=selection``); returns the label suffix (``te<m>`` or ``chunked``)."""
-    if policy.config.head != "transformer":
-        raise ValueError(f"temporal_ensemble applies to a transformer head; this policy's head is "
-                         f"{policy.config.head!r}: leave temporal_ensemble=null and temporal_ensemble_m=null")
-    t = policy.config.transformer
+    """Turn the head's temporal ensembling on or off (and set its ``m``) after training (choose it on
+    ``seeds=selection``); returns the label suffix (``te<m>`` or ``chunked``)."""
+    head = policy.config.head
+    block = getattr(policy.config, head)
     # the config checks the value (m >= 0)
-    policy.config.transformer = dataclasses.replace(
-        t, temporal_ensemble=enabled, temporal_ensemble_m=t.temporal_ensemble_m if m is None else float(m))
-    return f"te{policy.config.transformer.temporal_ensemble_m:g}" if enabled else "chunked"
+    block = dataclasses.replace(block, temporal_ensemble=enabled,
+                                temporal_ensemble_m=block.temporal_ensemble_m if m is None else float(m))
+    setattr(policy.config, head, block)
+    return f"te{block.temporal_ensemble_m:g}" if enabled else "chunked"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -103,6 +102,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"temporal_ensemble_m={te_m} needs temporal ensembling on: add "
                              "temporal_ensemble=true (this policy executes whole chunks)")
         label = f"{label}+{set_temporal_ensemble(policy, on, te_m)}"
+    if cfg.get("label"):
+        label = str(cfg.label)
     out = Path(cfg.out) if cfg.out else ckpt.parent / f"eval_{task.name}.json"
     res = evaluate_policy(policy, task, cfg.n_episodes, cfg.n_envs, role=cfg.seeds,
                           video_dir=out.parent / "videos" if cfg.n_videos else None, n_videos=cfg.n_videos)

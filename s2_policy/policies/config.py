@@ -22,8 +22,25 @@ NORMALIZER_MODES = ("limits", "gaussian")
 
 
 @dataclass
-class MLPHeadConfig:
-    """MLP head: ``n_layers`` hidden layers of ``hidden_dim`` (GELU), ``loss`` ``l2`` | ``l1``."""
+class ChunkExecutionConfig:
+    """How a head's action chunks are executed, shared by every head: whole chunks of ``n_action_steps``
+    (``temporal_ensemble: false``), or ACT's temporal ensembling: query the policy every control step and
+    execute the weighted mean of every prediction made for that step (each query contributes its
+    ``n_action_steps`` actions), weights ``exp(-temporal_ensemble_m * i)``, ``i = 0`` the oldest."""
+
+    temporal_ensemble: bool = False
+    temporal_ensemble_m: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.temporal_ensemble_m < 0:
+            raise ValueError(f"policy.<head>.temporal_ensemble_m must be >= 0, got "
+                             f"{self.temporal_ensemble_m}")
+
+
+@dataclass
+class MLPHeadConfig(ChunkExecutionConfig):
+    """MLP head: ``n_layers`` hidden layers of ``hidden_dim`` (GELU), ``loss`` ``l2`` | ``l1``; chunk
+    execution as :class:`ChunkExecutionConfig` (whole chunks by default)."""
 
     hidden_dim: int = 512
     n_layers: int = 3
@@ -31,16 +48,18 @@ class MLPHeadConfig:
     loss: str = "l2"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in ("l2", "l1"):
             raise ValueError(f"policy.mlp.loss={self.loss!r} is unknown; use 'l2' or 'l1'")
 
 
 @dataclass
-class DiffusionHeadConfig:
+class DiffusionHeadConfig(ChunkExecutionConfig):
     """Diffusion head: FiLM-conditioned 1-D U-Net; DDPM training (``num_train_timesteps`` noise levels),
     DDIM sampling with ``num_inference_steps`` at ``timestep_spacing`` (``trailing`` starts sampling at the
     last noise level, where the training noise is pure; ``leading`` starts below it). ``down_dims`` is small
-    for CPU training (Diffusion Policy uses [256, 512, 1024] on a GPU)."""
+    for CPU training (Diffusion Policy uses [256, 512, 1024] on a GPU). Chunk execution as
+    :class:`ChunkExecutionConfig`."""
 
     down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = 5
@@ -54,6 +73,7 @@ class DiffusionHeadConfig:
     timestep_spacing: str = "trailing"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.prediction_type not in ("epsilon", "sample"):
             raise ValueError(f"policy.diffusion.prediction_type={self.prediction_type!r}; use 'epsilon' or "
                              "'sample'")
@@ -66,7 +86,7 @@ class DiffusionHeadConfig:
 
 
 @dataclass
-class TransformerHeadConfig:
+class TransformerHeadConfig(ChunkExecutionConfig):
     """ACT-style transformer head (Zhao et al. 2023): ``horizon`` learned action queries cross-attend to one
     token per S2 feature token of every camera and observation step, plus one proprio token per step.
 
@@ -82,9 +102,8 @@ class TransformerHeadConfig:
             ``latent_dim`` Gaussian (training only); the decoder sees the sample as one more token, and the
             prior mean (zeros) at inference. ``kl_weight`` scales the KL term (ACT: 10).
         n_vae_encoder_layers: layers of that encoder.
-        temporal_ensemble: query the policy every control step and execute the weighted mean of every
-            prediction made for that step (ACT's temporal ensembling; each query contributes its
-            ``n_action_steps`` actions); weights ``exp(-temporal_ensemble_m * i)``, ``i = 0`` the oldest.
+        temporal_ensemble, temporal_ensemble_m: :class:`ChunkExecutionConfig`; on by default for this head
+            (ACT's temporal ensembling).
     """
 
     d_model: int = 128
@@ -99,10 +118,10 @@ class TransformerHeadConfig:
     latent_dim: int = 32
     kl_weight: float = 10.0
     n_vae_encoder_layers: int = 1
-    temporal_ensemble: bool = True
-    temporal_ensemble_m: float = 0.01
+    temporal_ensemble: bool = True   # this head's default (the others execute whole chunks)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         p = "policy.transformer"
         if self.loss not in ("l1", "l2"):
             raise ValueError(f"{p}.loss={self.loss!r} is unknown; use 'l1' or 'l2'")
@@ -121,9 +140,8 @@ class TransformerHeadConfig:
                              "or use_vae=false")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{p}.dropout must be in [0, 1), got {self.dropout}")
-        if self.kl_weight < 0 or self.temporal_ensemble_m < 0:
-            raise ValueError(f"{p}.kl_weight and temporal_ensemble_m must be >= 0, got {self.kl_weight}, "
-                             f"{self.temporal_ensemble_m}")
+        if self.kl_weight < 0:
+            raise ValueError(f"{p}.kl_weight must be >= 0, got {self.kl_weight}")
 
 
 @dataclass
@@ -135,8 +153,8 @@ class PolicyConfig:
         horizon: predicted action chunk length (starts at the first observation step).
         n_obs_steps: observation history (features of all cameras + state per step).
         n_action_steps: actions executed per policy call
-            (``1 <= n_action_steps <= horizon - n_obs_steps + 1``); with the transformer head's
-            ``temporal_ensemble`` the policy runs every step and this many predictions are averaged.
+            (``1 <= n_action_steps <= horizon - n_obs_steps + 1``); with a head's ``temporal_ensemble`` the
+            policy runs every step and this many predictions are averaged.
         normalizer_mode: ``limits`` ([-1, 1]) or ``gaussian``.
         obs_proj_dim: linear projection of the concatenated camera features (0: none).
         token_proj_dim: per-token projection of token features (``encoder.pooling=tokens``).
@@ -172,6 +190,11 @@ class PolicyConfig:
             raise ValueError(f"policy.obs_proj_dim must be >= 0 and token_proj_dim >= 1, got "
                              f"{self.obs_proj_dim}, {self.token_proj_dim}")
         d = self.diffusion  # the heads' own settings are checked by their configs
+        if self.head == "diffusion" and self.normalizer_mode == "gaussian" and d.clip_sample:
+            raise ValueError("policy.normalizer_mode=gaussian with policy.diffusion.clip_sample=true would "
+                             "clip every action beyond one standard deviation: set "
+                             "policy.diffusion.clip_sample=false or keep normalizer_mode=limits (actions in "
+                             "[-1, 1])")
         if self.head == "diffusion" and self.horizon % (2 ** (len(d.down_dims) - 1)):
             raise ValueError(f"policy.horizon={self.horizon} must be divisible by "
                              f"{2 ** (len(d.down_dims) - 1)} "

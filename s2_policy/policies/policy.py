@@ -154,10 +154,8 @@ class Policy(nn.Module):
     def temporal_ensemble_m(self) -> float | None:
         """ACT's ``m`` when the head asks for temporal ensembling (query every step, average the overlapping
         predictions with weights ``exp(-m * i)``, ``i = 0`` the oldest); ``None`` for chunked execution."""
-        c = self.config
-        if c.head == "transformer" and c.transformer.temporal_ensemble:
-            return float(c.transformer.temporal_ensemble_m)
-        return None
+        block = getattr(self.config, self.config.head)
+        return float(block.temporal_ensemble_m) if block.temporal_ensemble else None
 
     @property
     def device(self) -> torch.device:

@@ -1,11 +1,15 @@
-"""In-domain frames for MAE pre-training, rendered from the project's MuJoCo tasks.
+"""In-domain frames for MAE pre-training: rendered from the project's MuJoCo tasks or read from stores.
 
-Every task is rolled out from random resets, once with random actions and once with its scripted expert plus
-noise, and every ``stride``-th state is rendered from all cameras at ``render_size`` (128 px: the 2x scale of
-S2 on a 64-px backbone). Each render gives the encoder both scales it meets under S2: the whole frame resized
-to ``out_size`` (the base scale) and ``tiles_per_frame`` of its ``out_size`` quadrant tiles (the 2x scale's
-tiles). The frames are cached as one uint8 ``(N, out_size, out_size, 3)`` ``.npy`` file with a JSON sidecar
-holding the settings that made it, written atomically so an interrupted render never leaves a broken cache.
+Rendered: every task is rolled out from random resets, once with random actions and once with its scripted
+expert plus noise, and every ``stride``-th state is rendered from all cameras at ``render_size`` (128 px: the
+2x scale of S2 on a 64-px backbone). From stores (``stores`` non-empty, no simulator needed): every
+``stride``-th frame of every episode of each demonstration store, for each of ``cameras``; stored images must
+already be ``render_size`` square RGB.
+
+Each frame gives the encoder both scales it meets under S2: the whole frame resized to ``out_size`` (the
+base scale) and ``tiles_per_frame`` of its ``out_size`` quadrant tiles (the 2x scale's tiles). The frames are
+cached as one uint8 ``(N, out_size, out_size, 3)`` ``.npy`` file with a JSON sidecar holding the settings that
+made it, written atomically so an interrupted run never leaves a broken cache.
 """
 
 from __future__ import annotations
@@ -24,14 +28,26 @@ from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from s2_policy.atomic import atomic_path, atomic_write_json
+from s2_policy.data.feature_cache import store_identity
+from s2_policy.data.frame_reader import FrameReader
+from s2_policy.data.store import ReplayStore, is_image_array
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What frames read from stores depend on (the rollout settings do not apply to them).
+STORE_SETTINGS = ("cameras", "render_size", "out_size", "stride", "tiles_per_frame", "seed")
+STORE_READ_BLOCK = 256  # kept frames of one camera decoded at a time: bounds memory on long episodes
 
 
 @dataclass
 class FrameConfig:
-    """What to render: tasks, cameras, how many episodes of each kind, sizes and sampling."""
+    """Where frames come from (rendered tasks or demonstration stores), cameras, sizes and sampling.
+
+    ``stores``: paths of demonstration stores (diffusion_policy layout). When non-empty, frames are read from
+    them instead of rendering ``tasks``, and ``tasks``, ``env_kwargs``, the episode counts, ``max_steps``,
+    ``expert_noise`` and ``random_action_prob`` are unused. ``cameras`` then names the image arrays
+    (``data/<camera>``) read from every store; their images must be ``render_size`` square RGB.
+    """
 
     tasks: list[str] = field(
         default_factory=lambda: [
@@ -40,6 +56,7 @@ class FrameConfig:
             "s2_policy/PickMarkedCube-v0",
         ]
     )
+    stores: list[str] = field(default_factory=list)
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     env_kwargs: dict = field(default_factory=lambda: {"terminate_on_success": False})
     render_size: int = 128
@@ -64,12 +81,30 @@ class FrameConfig:
             raise ValueError(f"tiles_per_frame must be in [0, {n_tiles}], got {self.tiles_per_frame}")
         if self.stride < 1 or self.max_steps < 1:
             raise ValueError("stride and max_steps must be >= 1")
-        if not self.tasks or not self.cameras:
-            raise ValueError("tasks and cameras must be non-empty lists")
+        if not self.cameras:
+            raise ValueError("cameras must be a non-empty list")
+        if not self.stores and not self.tasks:
+            raise ValueError("tasks must be a non-empty list (or set stores to read frames from stores)")
 
     def key(self) -> str:
-        """A short hash of the settings: a cache made with other settings is not reused."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of what the frames depend on: a cache made otherwise is not reused.
+
+        Rendered frames: every setting (``stores`` is left out while empty, so caches made before it existed
+        keep their key). Frames from stores: :data:`STORE_SETTINGS` plus, per store, its resolved path and
+        content identity (episode ends, image shapes, first and last frame of every episode:
+        :func:`~s2_policy.data.feature_cache.store_identity`); this opens the stores and checks their cameras.
+        """
+        if not self.stores:
+            fields = asdict(self)
+            del fields["stores"]
+        else:
+            fields = {k: getattr(self, k) for k in STORE_SETTINGS}
+            fields["stores"] = [
+                [str(store.path.resolve()), store_identity(store, self.cameras)]
+                for store in open_frame_stores(self)
+            ]
+            fields["source"] = "stores"
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def frame_views(frame: np.ndarray, out_size: int, n_tiles: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -136,8 +171,111 @@ def render_frames(cfg: FrameConfig, progress: bool = True) -> np.ndarray:
     return np.stack(views)
 
 
+def _camera_names(store: ReplayStore) -> list[str]:
+    """The store's cameras: its ``cameras`` attribute, then any other (T, H, W, C) array."""
+    extra = [k for k in store if is_image_array(tuple(store[k].shape))]
+    return list(dict.fromkeys([*store.image_keys(), *extra]))
+
+
+def open_frame_stores(cfg: FrameConfig) -> list[ReplayStore]:
+    """Open ``cfg.stores`` read-only and check that each holds every camera as ``render_size`` RGB images."""
+    size, out = cfg.render_size, cfg.out_size
+    stores = []
+    for path in cfg.stores:
+        try:
+            store = ReplayStore.open(path, mode="r")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"data.stores lists {path!r} but there is no store there (relative paths start from the "
+                f"working directory {os.getcwd()}); fix the path or collect the store first"
+            ) from e
+        if not store.n_episodes:
+            raise ValueError(
+                f"store {path} holds no complete episode: collect demonstrations into it or drop it from "
+                "data.stores"
+            )
+        have = _camera_names(store)
+        missing = [c for c in cfg.cameras if c not in have]
+        if missing:
+            raise ValueError(
+                f"store {path} has no camera{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} "
+                f"(data.cameras = {list(cfg.cameras)}); its cameras are {have}. Set data.cameras to cameras "
+                "every store in data.stores has"
+            )
+        for cam in cfg.cameras:
+            shape = tuple(store[cam].shape[1:])
+            if shape == (size, size, 3):
+                continue
+            h = shape[0]
+            if len(shape) == 3 and shape[2] == 3 and h == shape[1] and h % out == 0 and h >= 2 * out:
+                fix = f"set data.render_size={h} (the tiles are then those of S2's {h // out}x scale)"
+            else:
+                fix = f"convert the store's images to {size}x{size}x3"
+            raise ValueError(
+                f"store {path}: camera {cam!r} holds images of shape {shape}, but views are cut from square "
+                f"RGB images of data.render_size = {size} px (the whole image resized to out_size = {out} "
+                f"plus {out}-px tiles); {fix}"
+            )
+        stores.append(store)
+    return stores
+
+
+def _kept_frames(store: ReplayStore, stride: int) -> list[np.ndarray]:
+    """Store frame indices of every ``stride``-th frame of each episode (counted from its first frame)."""
+    return [np.arange(s, e, stride) for s, e in zip(store.episode_starts, store.episode_ends, strict=True)]
+
+
+def count_store_views(cfg: FrameConfig, stores: Sequence[ReplayStore] | None = None) -> int:
+    """How many views :func:`read_store_frames` gives: kept frames x cameras x (1 + ``tiles_per_frame``)."""
+    stores = open_frame_stores(cfg) if stores is None else stores
+    kept = sum(len(idx) for store in stores for idx in _kept_frames(store, cfg.stride))
+    return kept * len(cfg.cameras) * (1 + cfg.tiles_per_frame)
+
+
+def read_store_frames(
+    cfg: FrameConfig, progress: bool = True, out_path: str | os.PathLike | None = None
+) -> np.ndarray:
+    """Views of every ``stride``-th frame of every episode of ``cfg.stores``: uint8 ``(N, S, S, 3)``.
+
+    Order: store, episode, kept frame, camera, then the frame's views (whole frame, then tiles), as
+    :func:`render_frames` orders rendered states. Frames are decoded per episode and camera, at most
+    :data:`STORE_READ_BLOCK` at a time; with ``out_path`` the views go straight into a ``.npy`` file there
+    (returned memory-mapped), so neither the stored images nor the views need to fit in memory at once.
+    """
+    cfg.validate()
+    stores = open_frame_stores(cfg)
+    shape = (count_store_views(cfg, stores), cfg.out_size, cfg.out_size, 3)
+    if out_path is None:
+        views = np.empty(shape, np.uint8)
+    else:
+        views = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=shape)
+    rng = np.random.default_rng(cfg.seed)
+    i = 0
+    bar = tqdm(total=sum(s.n_episodes for s in stores), desc="read store episodes", disable=not progress)
+    for store in stores:
+        readers = [
+            FrameReader(store[cam], store.path / "data" / cam, f"data/{cam}", store.checked)
+            for cam in cfg.cameras
+        ]
+        for kept in _kept_frames(store, cfg.stride):
+            for b in range(0, len(kept), STORE_READ_BLOCK):
+                images = [reader.read(kept[b : b + STORE_READ_BLOCK]) for reader in readers]
+                for t in range(len(images[0])):
+                    for cam_images in images:
+                        for view in frame_views(cam_images[t], cfg.out_size, cfg.tiles_per_frame, rng):
+                            views[i] = view
+                            i += 1
+            bar.update()
+            bar.set_postfix(frames=i)
+    bar.close()
+    if isinstance(views, np.memmap):
+        views.flush()
+    return views
+
+
 def load_or_render_frames(cfg: FrameConfig, cache: str | os.PathLike, progress: bool = True) -> np.ndarray:
-    """Frames from the ``cache`` ``.npy`` file if it was made with the same settings, else render and cache.
+    """Frames from the ``cache`` ``.npy`` file if it was made with the same settings, else make and cache them
+    (rendered from ``cfg.tasks``, or read from ``cfg.stores`` when it is non-empty).
 
     The array is memory-mapped read-only, so several runs can share one cache.
     """
@@ -145,15 +283,23 @@ def load_or_render_frames(cfg: FrameConfig, cache: str | os.PathLike, progress: 
     if path.suffix != ".npy":
         raise ValueError(f"frame cache must be a .npy path, got {str(path)!r}")
     meta_path = path.with_suffix(".json")
+    key = cfg.key()
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") == cfg.key():
+        if meta.get("key") == key:
             return np.load(path, mmap_mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = render_frames(cfg, progress=progress)
-    with atomic_path(path) as tmp:
-        np.save(tmp, frames)
-    atomic_write_json(meta_path, {"key": cfg.key(), "config": asdict(cfg), "shape": list(frames.shape)})
+    if cfg.stores:
+        with atomic_path(path) as tmp:  # views are written into the file as they are read
+            views = read_store_frames(cfg, progress=progress, out_path=tmp)
+            shape = list(views.shape)
+            del views  # close the memory map before the file is renamed
+    else:
+        frames = render_frames(cfg, progress=progress)
+        shape = list(frames.shape)
+        with atomic_path(path) as tmp:
+            np.save(tmp, frames)
+    atomic_write_json(meta_path, {"key": key, "config": asdict(cfg), "shape": shape})
     return np.load(path, mmap_mode="r")
 
 

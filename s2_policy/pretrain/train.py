@@ -1,9 +1,10 @@
 """MAE pre-training loop: resumable, seeded, logged to CSV, exporting an MVP-format encoder checkpoint.
 
-``pretrain(cfg)`` runs the whole job described by ``configs/pretrain.yaml``: frames (rendered once and
-cached), the masked autoencoder, AdamW with warm-up + cosine decay, bf16 autocast on CPU, a training
-checkpoint every ``train.ckpt_every`` steps (atomic, resumed automatically), then the exported encoder
-``{"model": timm ViT state_dict, "meta": {...}}`` and figures (loss curve, reconstructions).
+``run_pretraining(cfg)`` runs the whole job described by ``configs/pretrain.yaml``: frames (rendered from the
+project's tasks or read from demonstration stores, once, and cached), the masked autoencoder, AdamW with
+warm-up + cosine decay, bf16 autocast on CPU, a training checkpoint every ``train.ckpt_every`` steps (atomic,
+resumed automatically), then the exported encoder ``{"model": timm ViT state_dict, "meta": {...}}`` and
+figures (loss curve, reconstructions).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def build_model(model_cfg: DictConfig | dict) -> MaskedAutoencoder:
         else dict(model_cfg)
     )
     return MaskedAutoencoder(MAEConfig(**cfg))
+
+
+def build_frame_config(data_cfg: DictConfig | dict) -> FrameConfig:
+    """A :class:`FrameConfig` from the ``data`` section of the config (all keys but ``cache``)."""
+    cfg = (
+        OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
+    )
+    return FrameConfig(**{k: v for k, v in cfg.items() if k != "cache"})
 
 
 def export_encoder(
@@ -213,9 +222,7 @@ def run_pretraining(cfg: DictConfig) -> Path:
     """
     configure_cpu(int(cfg.train.threads))
     torch.manual_seed(int(cfg.train.seed))
-    frame_cfg = FrameConfig(
-        **{k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "cache"}
-    )
+    frame_cfg = build_frame_config(cfg.data)
     frames = load_or_render_frames(frame_cfg, cfg.data.cache)
     model = build_model(cfg.model)
     sampler = FrameSampler(
@@ -253,6 +260,7 @@ def run_pretraining(cfg: DictConfig) -> Path:
         "final_loss": float(rows[-1]["loss"]) if rows else None,
         "train_time_s": float(rows[-1]["elapsed_s"]) if rows else None,
         "frames": frame_cfg.key(),
+        "frame_sources": list(frame_cfg.stores or frame_cfg.tasks),  # stores, else the rendered tasks
     }
     path = export_encoder(model, cfg.export.path, dtype=str(cfg.export.dtype), meta=meta)
     from s2_policy.pretrain.viz import plot_loss, plot_reconstructions
