@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from timm.models.vision_transformer import VisionTransformer
 
 from s2_policy.encoders import EncoderConfig, build_encoder, fingerprint
 from s2_policy.encoders import checkpoint as ckpt_mod
+from s2_policy.jobs import common  # noqa: F401  (registers the schemas config.yaml composes with)
 
 # MVP ViT-S geometry (12 heads!), shortened to 2 blocks to keep the test fast.
 _VITS = dict(img_size=224, patch_size=16, embed_dim=384, depth=2, num_heads=12, qkv_bias=True,
@@ -130,3 +134,32 @@ def test_builtin_resolves_in_weights_dir(tmp_path, monkeypatch):
     assert fingerprint(enc) != fingerprint(build_encoder(backbone="s2p-tiny", precision="fp32"))
     with pytest.raises(FileNotFoundError, match="python -m s2_policy.pretrain"):
         build_encoder(EncoderConfig(backbone="s2p-tiny", checkpoint="builtin:absent.pth"))
+
+
+SHIPPED = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "encoder").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_encoder_config_builds_with_its_shipped_weights(name):
+    """``encoder=<name>`` composes and its builtin checkpoint loads strictly into the backbone it names."""
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"),
+                               version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"encoder={name}", "s2=single",
+                                                                "encoder.precision=fp32"])
+    enc_cfg = EncoderConfig.from_dict({**OmegaConf.to_container(cfg.encoder, resolve=True),
+                                       **OmegaConf.to_container(cfg.s2, resolve=True)})
+    assert enc_cfg.checkpoint and enc_cfg.checkpoint.startswith("builtin:")
+    enc = build_encoder(enc_cfg)
+    shipped = torch.load(ckpt_mod.resolve_checkpoint(enc_cfg.checkpoint), weights_only=True)
+    assert shipped["meta"]["arch"] == enc_cfg.backbone
+    block = next(k for k in shipped["model"] if k.endswith("attn.qkv.weight"))
+    loaded = dict(enc.backbone.named_parameters())
+    assert torch.equal(loaded[block], shipped["model"][block].float())  # fp16 -> fp32 is exact
+
+
+def test_metaworld_encoder_is_its_own_training_run():
+    """The in-domain MetaWorld weights are not a copy of the project-task weights of the same architecture."""
+    tiny = torch.load(ckpt_mod.resolve_checkpoint("builtin:s2p-tiny-mae.pth"), weights_only=True)
+    mw = torch.load(ckpt_mod.resolve_checkpoint("builtin:s2p-tiny-mw-mae.pth"), weights_only=True)
+    assert mw["meta"]["frame_sources"] and all("metaworld" in s for s in mw["meta"]["frame_sources"])
+    assert not torch.equal(mw["model"]["blocks.0.attn.qkv.weight"], tiny["model"]["blocks.0.attn.qkv.weight"])
