@@ -14,7 +14,9 @@ For every task, training seed and head it runs ``python train_policy.py task=<ta
 seed=<seed> <extra overrides>`` (``mlp``: ``policy=mlp``; ``transformer``: ``policy=transformer``;
 ``diffusion``: ``policy=diffusion train=diffusion``) with the defaults otherwise: training, then the final
 evaluation on the task's test seeds. One run at a time; a run whose ``result.json`` exists is skipped, so an
-interrupted sweep resumes where it stopped (a run cut off mid-way starts again). Then
+interrupted sweep resumes where it stopped (a run cut off mid-way starts again). Each run holds a lock file
+(``seed<k>.lock``) while it runs, and a run another process holds is skipped: two workers can share one sweep
+(e.g. one with ``--seeds 0 1 2 3 4``, one with ``--seeds 4 3 2 1 0``) without running anything twice. Then
 ``s2_policy.evaluation.compare`` per task against the MLP (training seed as the unit: Welch's t on the
 per-seed rates) and one markdown table: per-seed successes, mean, difference and p against the MLP, the wall
 time of the runs, the CPU and the load average. MetaWorld tasks (``metaworld/<name>``) need the metaworld
@@ -32,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,23 +66,32 @@ def run_dir(out: Path, task: str, head: str, seed: int) -> Path:
     return out / task / head / f"seed{seed}"
 
 
-def run_one(out: Path, task: str, head: str, seed: int, extra: list[str]) -> float | None:
-    """One main-job run unless its result exists; returns its wall time in seconds (``None``: skipped)."""
+def run_one(out: Path, task: str, head: str, seed: int, extra: list[str]) -> float | str | None:
+    """One main-job run unless its result exists or another worker holds it; returns its wall time in seconds
+    (``None``: done earlier; ``"busy"``: another process is running it)."""
     head, head_overrides = parse_head(head)
     d = run_dir(out, task, head, seed)
     if (d / "result.json").exists():
         return None
-    d.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "train_policy.py", f"task={task}", *head_overrides, f"seed={seed}", *extra,
-           f"hydra.run.dir={d}", "train.progress=false", "eval.n_videos=0"]
-    t0 = time.perf_counter()
-    with open(d / "run.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{task} {head} seed={seed} failed (exit {proc.returncode}); see {d / 'run.log'}; "
-                         "fix it and re-run the same command: finished runs are kept")
-    wall = time.perf_counter() - t0
-    (d / "wall_s.txt").write_text(f"{wall:.1f}\n")
+    d.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FileLock(d.with_suffix(".lock")).acquire(timeout=0)
+    except Timeout:
+        return "busy"
+    with lock:
+        if (d / "result.json").exists():  # finished by another worker between the check and the lock
+            return None
+        d.mkdir(exist_ok=True)
+        cmd = [sys.executable, "train_policy.py", f"task={task}", *head_overrides, f"seed={seed}", *extra,
+               f"hydra.run.dir={d}", "train.progress=false", "eval.n_videos=0"]
+        t0 = time.perf_counter()
+        with open(d / "run.log", "w") as log:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise SystemExit(f"{task} {head} seed={seed} failed (exit {proc.returncode}); see "
+                             f"{d / 'run.log'}; fix it and re-run the same command: finished runs are kept")
+        wall = time.perf_counter() - t0
+        (d / "wall_s.txt").write_text(f"{wall:.1f}\n")
     return wall
 
 
@@ -131,8 +143,9 @@ def main() -> None:
         for seed in args.seeds:
             for head in args.heads:
                 wall = run_one(args.out, task, head, seed, extra)
-                print(f"{task} {head} seed={seed}: " + ("done earlier" if wall is None else f"{wall:.0f} s"),
-                      flush=True)
+                state = ("done earlier" if wall is None else "running in another process" if wall == "busy"
+                         else f"{wall:.0f} s")
+                print(f"{task} {head} seed={seed}: {state}", flush=True)
     print(f"\nmachine: {cpu_model()}, load average {os.getloadavg()[0]:.2f} at the end; "
           f"extra overrides: {' '.join(extra) or 'none'}\n")
     print(f"| task | head | successes per training seed (of 50 test episodes) | mean | vs {args.baseline} "

@@ -81,6 +81,12 @@ def test_windows_match_reference(
         np.testing.assert_array_equal(item["obs"]["state"].numpy(), r["state"][:n_obs])
         assert item["action"].dtype == torch.float32 and item["action"].shape == (horizon, 2)
         np.testing.assert_array_equal(item["action"].numpy(), r["action"])
+    # phase = where the last observation step lies in its episode: (frame - episode start) / episode length
+    ends = np.cumsum(LENGTHS)
+    last_obs = np.array([ds.frame_indices(i)[n_obs - 1] for i in range(len(ds))])
+    episode = np.searchsorted(ends, last_obs, side="right")
+    lengths = np.asarray(LENGTHS)[episode]
+    np.testing.assert_allclose(ds.window_phase(), (last_obs - (ends[episode] - lengths)) / lengths)
 
 
 def test_split_by_whole_episodes(tmp_path: Path) -> None:

@@ -98,6 +98,17 @@ def test_poolings(enc32, pooling):
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
+def test_three_scales_for_256px_cameras():
+    """``s2=s2x3`` (the fine-detail MetaWorld setting): 1 + 4 + 16 tiles in one call, as the reference."""
+    enc = build_encoder(EncoderConfig(backbone="s2p-nano", scales=[1, 2, 4], precision="fp32"))
+    assert enc.img_sizes == [(64, 64), (128, 128), (256, 256)] and enc.plan.n_tiles == 21
+    assert enc.out_dim == 3 * 128 and enc.input_size == (256, 256)
+    frames = _frames(b=2, h=256, w=256, seed=4)
+    ref = multiscale_forward(enc.backbone.forward_features, enc.preprocess(frames), img_sizes=[64, 128, 256],
+                             max_split_size=64, num_prefix_token=1)
+    torch.testing.assert_close(enc(frames), ref[:, 0], rtol=0, atol=1e-5)
+
+
 def test_non_square_scales_and_float_input():
     cfg = EncoderConfig(backbone="s2p-tiny", img_sizes=[[64, 128], [128, 256]], precision="fp32")
     enc = build_encoder(cfg)
@@ -201,9 +212,10 @@ def test_identity_round_trip(enc32):
         build_encoder_from_identity(bad)
 
 
-@pytest.mark.parametrize("s2_name", ["single", "s2"])
+@pytest.mark.parametrize("s2_name, scales",
+                         [("single", [1.0]), ("s2", [1.0, 2.0]), ("s2x3", [1.0, 2.0, 4.0])])
 @pytest.mark.parametrize("encoder_name", ["s2p-nano", "s2p-tiny", "s2p-small"])
-def test_yaml_configs_merge_into_encoder_config(encoder_name, s2_name):
+def test_yaml_configs_merge_into_encoder_config(encoder_name, s2_name, scales):
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -212,4 +224,4 @@ def test_yaml_configs_merge_into_encoder_config(encoder_name, s2_name):
     merged = OmegaConf.merge(OmegaConf.load(root / "encoder" / f"{encoder_name}.yaml"),
                              OmegaConf.load(root / "s2" / f"{s2_name}.yaml"))
     cfg = EncoderConfig.from_dict(merged)
-    assert cfg.backbone == encoder_name and cfg.scales == ([1.0] if s2_name == "single" else [1.0, 2.0])
+    assert cfg.backbone == encoder_name and cfg.scales == scales

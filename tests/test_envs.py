@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -12,6 +13,7 @@ from tasks import load_task
 import envs
 
 ALL_TASKS = list(envs.TASKS)
+REPO_TASKS = Path(__file__).resolve().parents[1] / "configs" / "task"
 
 
 @pytest.fixture(scope="module", params=ALL_TASKS)
@@ -230,3 +232,19 @@ def test_env_fingerprint_tracks_task_definition():
         spread = 0.07
 
     assert Wider(cameras=()).env_fingerprint() != b.env_fingerprint()  # ... a changed constant does
+
+
+TASK_YAMLS = sorted(p.relative_to(REPO_TASKS).with_suffix("").as_posix() for p in REPO_TASKS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", TASK_YAMLS)
+def test_every_shipped_task_config_is_a_valid_spec(name):
+    """Every ``configs/task`` entry validates as a TaskSpec (no simulator needed); a MetaWorld camera's size
+    is the size the env renders, so the policy never sees a silently resized frame."""
+    spec = load_task(name)
+    assert spec.cameras and spec.demos.n_episodes > 0
+    kwargs = spec.env.kwargs
+    if name.startswith("metaworld/"):
+        (cam,) = spec.cameras.values()
+        assert list(cam.size) == [kwargs["height"], kwargs["width"]]
+        assert name.removesuffix("-256").split("/")[1] + "-v3" == kwargs["env_name"]

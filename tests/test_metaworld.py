@@ -21,7 +21,8 @@ from s2_policy.data.store import ReplayStore  # noqa: E402
 from s2_policy.evaluation.seeds import check_eval_seeds, eval_seeds  # noqa: E402
 from tests.tasks import load_task  # noqa: E402
 
-TASKS = ["assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer"]
+TASKS = ["assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer",
+         "pick-place-256", "assembly-256"]  # the last two: the fine-detail setting (docs/envs.md)
 
 
 def _plain_env(spec: TaskSpec) -> gym.Env:

@@ -196,6 +196,47 @@ def test_evaluate_ddim_steps_override_changes_the_sampler_and_checks_the_head():
         set_ddim_steps(mlp, 3)
 
 
+def test_diffusion_samples_average_k_chunks_in_one_batch():
+    from s2_policy.jobs.evaluate import set_diffusion_samples
+
+    torch.manual_seed(0)
+    k = 4
+    head = DiffusionHead(6, 2, 8, DiffusionHeadConfig(down_dims=[8, 16], step_embed_dim=16,
+                                                      num_train_timesteps=50, num_inference_steps=3,
+                                                      num_samples=k)).eval()
+    cond = torch.randn(2, 6)
+    # by hand: the same noise draws, each chunk denoised on its own, then averaged per condition
+    x0 = torch.randn((2 * k, 8, 2), generator=torch.Generator().manual_seed(7))
+    sched = head.infer_scheduler
+    sched.set_timesteps(3)
+    by_hand = []
+    for i in range(2 * k):
+        x = x0[i:i + 1]
+        for t in sched.timesteps:
+            x = sched.step(head.model(x, t, cond[i // k:i // k + 1]), t, x, eta=0.0).prev_sample
+        by_hand.append(x)
+    by_hand = torch.cat(by_hand).view(2, k, 8, 2)
+    calls = []
+    head.model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    got = head.predict(cond, generator=torch.Generator().manual_seed(7))
+    assert calls == [2 * k] * 3                   # one batched denoising per step, not k
+    torch.testing.assert_close(got, by_hand.mean(1), rtol=0, atol=1e-5)
+    assert (by_hand.std(1) > 1e-3).any()          # the draws differ: the mean is not one of them
+
+    cfg = {"head": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+           "diffusion": {"down_dims": [8, 16], "num_inference_steps": 3, "num_train_timesteps": 50}}
+    policy = Policy(cfg, 12, CAMS, 4, 4, _normalizer()).eval()
+    assert policy.core.head.num_samples == 1      # the default: one sample, as Diffusion Policy
+    assert set_diffusion_samples(policy, k) == k
+    assert policy.config.diffusion.num_samples == k and policy.core.head.num_samples == k
+    with pytest.raises(ValueError, match="num_samples"):
+        set_diffusion_samples(policy, 0)
+    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
+                 _normalizer())
+    with pytest.raises(ValueError, match="diffusion head"):
+        set_diffusion_samples(mlp, 2)
+
+
 def test_timestep_spacing_sets_where_ddim_sampling_starts():
     from s2_policy.jobs.evaluate import set_timestep_spacing
 

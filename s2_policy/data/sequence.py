@@ -287,6 +287,11 @@ class SequenceDataset(Dataset):
             images_in_memory=self.images_in_memory,
         )
 
+    def window_phase(self) -> np.ndarray:
+        """Where each window's last observation step lies in its episode, in [0, 1) (per-phase metrics: an
+        approach before the grasp, a transport after it)."""
+        return (self._win_t0 + self.n_obs_steps - 1) / self._win_len
+
     @property
     def action_dim(self) -> int:
         """Width of the action vectors."""

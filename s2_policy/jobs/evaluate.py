@@ -22,12 +22,17 @@ from s2_policy.policies import Policy
 from s2_policy.runtime import configure_cpu
 
 
+def require_diffusion_head(policy: Policy, key: str, value: object) -> None:
+    """Refuse a diffusion-sampler setting (``key=value``) on a policy with another head."""
+    if policy.config.head != "diffusion":
+        raise ValueError(f"{key}={value} applies to a diffusion head; this policy's head is "
+                         f"{policy.config.head!r}: leave {key}=null")
+
+
 def set_ddim_steps(policy: Policy, steps: int) -> int:
     """Sample a diffusion policy with ``steps`` DDIM steps instead of the trained setting (choose it on
     ``seeds=selection``); returns ``steps``."""
-    if policy.config.head != "diffusion":
-        raise ValueError(f"ddim_steps={steps} applies to a diffusion head; this policy's head is "
-                         f"{policy.config.head!r}: leave ddim_steps=null")
+    require_diffusion_head(policy, "ddim_steps", steps)
     limit = policy.config.diffusion.num_train_timesteps
     if not 1 <= steps <= limit:
         raise ValueError(f"ddim_steps must be in [1, {limit}] (the policy's num_train_timesteps), "
@@ -40,13 +45,21 @@ def set_ddim_steps(policy: Policy, steps: int) -> int:
 def set_timestep_spacing(policy: Policy, spacing: str) -> str:
     """Sample a diffusion policy with DDIM timestep ``spacing`` (``leading`` | ``trailing`` | ``linspace``)
     instead of the trained setting (choose it on ``seeds=selection``); returns ``spacing``."""
-    if policy.config.head != "diffusion":
-        raise ValueError(f"timestep_spacing={spacing} applies to a diffusion head; this policy's head is "
-                         f"{policy.config.head!r}: leave timestep_spacing=null")
+    require_diffusion_head(policy, "timestep_spacing", spacing)
     # the config checks the value (one list of spacings, in DiffusionHeadConfig)
     policy.config.diffusion = dataclasses.replace(policy.config.diffusion, timestep_spacing=spacing)
     policy.core.head.set_sampler(timestep_spacing=spacing)
     return spacing
+
+
+def set_diffusion_samples(policy: Policy, samples: int) -> int:
+    """Average ``samples`` sampled chunks per query of a diffusion policy (choose it on ``seeds=selection``);
+    returns ``samples``."""
+    require_diffusion_head(policy, "diffusion_samples", samples)
+    # the config checks the value (>= 1)
+    policy.config.diffusion = dataclasses.replace(policy.config.diffusion, num_samples=samples)
+    policy.core.head.set_sampler(num_samples=samples)
+    return samples
 
 
 def set_action_steps(policy: Policy, steps: int) -> int:
@@ -93,6 +106,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         label = f"{label}+ddim{set_ddim_steps(policy, int(cfg.ddim_steps))}"
     if cfg.get("timestep_spacing") is not None:
         label = f"{label}+{set_timestep_spacing(policy, str(cfg.timestep_spacing))}"
+    if cfg.get("diffusion_samples") is not None:
+        label = f"{label}+avg{set_diffusion_samples(policy, int(cfg.diffusion_samples))}"
     if cfg.get("n_action_steps") is not None:
         label = f"{label}+exec{set_action_steps(policy, int(cfg.n_action_steps))}"
     te, te_m = cfg.get("temporal_ensemble"), cfg.get("temporal_ensemble_m")

@@ -57,9 +57,10 @@ class MLPHeadConfig(ChunkExecutionConfig):
 class DiffusionHeadConfig(ChunkExecutionConfig):
     """Diffusion head: FiLM-conditioned 1-D U-Net; DDPM training (``num_train_timesteps`` noise levels),
     DDIM sampling with ``num_inference_steps`` at ``timestep_spacing`` (``trailing`` starts sampling at the
-    last noise level, where the training noise is pure; ``leading`` starts below it). ``down_dims`` is small
-    for CPU training (Diffusion Policy uses [256, 512, 1024] on a GPU). Chunk execution as
-    :class:`ChunkExecutionConfig`."""
+    last noise level, where the training noise is pure; ``leading`` starts below it). ``num_samples`` > 1
+    samples that many chunks per query (one batched denoising) and executes their mean, which removes the
+    sampling spread at that multiple of the head's inference cost. ``down_dims`` is small for CPU training
+    (Diffusion Policy uses [256, 512, 1024] on a GPU). Chunk execution as :class:`ChunkExecutionConfig`."""
 
     down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = 5
@@ -71,9 +72,13 @@ class DiffusionHeadConfig(ChunkExecutionConfig):
     prediction_type: str = "sample"
     clip_sample: bool = True
     timestep_spacing: str = "trailing"
+    num_samples: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.num_samples < 1:
+            raise ValueError(f"policy.diffusion.num_samples must be >= 1 (chunks sampled and averaged per "
+                             f"query), got {self.num_samples}")
         if self.prediction_type not in ("epsilon", "sample"):
             raise ValueError(f"policy.diffusion.prediction_type={self.prediction_type!r}; use 'epsilon' or "
                              "'sample'")

@@ -26,7 +26,7 @@ class DiffusionHead(nn.Module):
         cfg = cfg or DiffusionHeadConfig()
         down_dims = tuple(cfg.down_dims)  # the config checked its own values
         self.action_dim, self.horizon = action_dim, horizon
-        self.num_inference_steps = cfg.num_inference_steps
+        self.num_inference_steps, self.num_samples = cfg.num_inference_steps, cfg.num_samples
         self.model = ConditionalUnet1D(action_dim, cond_dim, down_dims, cfg.kernel_size, cfg.n_groups,
                                        cfg.step_embed_dim)
         sched = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
@@ -38,11 +38,14 @@ class DiffusionHead(nn.Module):
             raise ValueError(f"horizon {horizon} must be divisible by {2 ** self.model.n_down} for "
                              f"down_dims={list(down_dims)}; change horizon or use fewer down_dims")
 
-    def set_sampler(self, num_inference_steps: int | None = None,
-                    timestep_spacing: str | None = None) -> None:
-        """Change the DDIM sampler after training (steps, spacing); the trained denoiser is unchanged."""
+    def set_sampler(self, num_inference_steps: int | None = None, timestep_spacing: str | None = None,
+                    num_samples: int | None = None) -> None:
+        """Change the DDIM sampler after training (steps, spacing, chunks averaged per query); the trained
+        denoiser is unchanged."""
         if num_inference_steps is not None:
             self.num_inference_steps = num_inference_steps
+        if num_samples is not None:
+            self.num_samples = num_samples
         if timestep_spacing is not None:
             self.infer_scheduler = DDIMScheduler.from_config(self.infer_scheduler.config,
                                                              timestep_spacing=timestep_spacing)
@@ -59,11 +62,15 @@ class DiffusionHead(nn.Module):
 
     @torch.no_grad()
     def predict(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample an action chunk by DDIM denoising from Gaussian noise (seeded by ``generator``)."""
-        shape = (cond.shape[0], self.horizon, self.action_dim)
-        x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        """Sample an action chunk by DDIM denoising from Gaussian noise (seeded by ``generator``); with
+        ``num_samples`` > 1, the mean of that many chunks denoised in one batch."""
+        b, k = cond.shape[0], self.num_samples
+        if k > 1:
+            cond = cond.repeat_interleave(k, dim=0)
+        x = torch.randn((b * k, self.horizon, self.action_dim), generator=generator, device=cond.device,
+                        dtype=cond.dtype)
         sched = self.infer_scheduler
         sched.set_timesteps(self.num_inference_steps, device=cond.device)
         for t in sched.timesteps:
             x = sched.step(self.model(x, t, cond), t, x, eta=0.0).prev_sample
-        return x
+        return x.view(b, k, self.horizon, self.action_dim).mean(dim=1) if k > 1 else x
