@@ -104,3 +104,27 @@ def test_evaluate_policy_on_pick_cube_with_random_actions(tmp_path):
     assert [e["seed"] for e in res["episodes"]] == [300_000, 300_001]
     assert all(e["length"] <= 8 for e in res["episodes"])
     assert len(list(tmp_path.glob("*.mp4"))) == 1
+
+
+def test_rollouts_give_an_inpainting_policy_env_ids_and_episode_resets():
+    class Tied(PushRight):
+        inpaints = True
+
+        def __init__(self):
+            super().__init__()
+            self.calls: list[tuple] = []
+
+        def reset(self, env_ids=None):
+            self.calls.append(("reset", None if env_ids is None else list(env_ids)))
+
+        def predict_action(self, obs, generator=None, env_ids=None):
+            self.calls.append(("predict", list(env_ids), obs["state"][:, -1, 0].tolist()))
+            return super().predict_action(obs, generator)
+
+    pol = Tied()
+    run_rollouts(pol, _toy_task(), [0, 1, 3], n_envs=2, progress=False)
+    assert pol.calls[:2] == [("reset", None), ("predict", [0, 1], [0.0, -1.0])]
+    # seed 0 succeeds first (2 steps, in slot 0): that slot is reset before seed 3 (pos -3) is queried in it
+    i = pol.calls.index(("reset", [0]))
+    assert [c for c in pol.calls[i:] if c[0] == "predict" and c[1] == [0]][0][2] == [-3.0]
+    assert pol.calls.count(("reset", [0])) == 1 and ("reset", [1]) not in pol.calls

@@ -292,3 +292,73 @@ def test_evaluate_action_steps_override_executes_fewer_actions_per_chunk():
     torch.testing.assert_close(short, full[:, :2])      # the same chunk, cut after 2 actions
     with pytest.raises(ValueError, match=r"\[1, horizon - n_obs_steps \+ 1 = 7\]"):
         set_action_steps(p, 8)
+
+
+def test_inpainting_mixes_the_prior_into_every_denoising_step():
+    torch.manual_seed(0)
+    head = DiffusionHead(6, 2, 8, DiffusionHeadConfig(down_dims=[8, 16], step_embed_dim=16,
+                                                      num_train_timesteps=50, num_inference_steps=3)).eval()
+    cond, prior = torch.randn(2, 6), torch.rand(2, 8, 2) * 2 - 1
+    weight = torch.zeros(2, 8)
+    weight[0, :2], weight[0, 2] = 1.0, 0.5            # row 1 has no prior: weight 0 everywhere
+    inputs: list[torch.Tensor] = []
+    head.model.register_forward_hook(lambda m, args, out: inputs.append(args[0].clone()))
+    free = head.predict(cond, generator=torch.Generator().manual_seed(3))
+    free_in, inputs[:] = list(inputs), []
+    tied = head.predict(cond, generator=torch.Generator().manual_seed(3), prior=prior, prior_weight=weight)
+    x_T = torch.randn((2, 8, 2), generator=torch.Generator().manual_seed(3))
+    sched = head.infer_scheduler
+    for t, x in zip(sched.timesteps, inputs, strict=True):
+        known = sched.add_noise(prior, x_T, t.reshape(1))       # the prior at this step's noise level
+        torch.testing.assert_close(x[0, :2], known[0, :2])
+    half = (x_T[0, 2] + sched.add_noise(prior, x_T, sched.timesteps[:1])[0, 2]) / 2
+    torch.testing.assert_close(inputs[0][0, 2], half)                  # weight 0.5: halfway
+    torch.testing.assert_close(inputs[0][0, 3:], free_in[0][0, 3:])    # weight 0: untouched at step one
+    torch.testing.assert_close(tied[1], free[1])                       # no prior: the free sample
+    assert (tied[0] - free[0]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="prior must be"):
+        head.predict(cond, prior=prior[:1], prior_weight=weight[:1])
+
+
+def test_policy_ties_each_env_chunk_to_its_previous_one():
+    from s2_policy.jobs.evaluate import set_inpaint
+
+    cfg = {"head": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+           "diffusion": {"down_dims": [8, 16], "num_inference_steps": 3, "num_train_timesteps": 50,
+                         "inpaint": "plan"}}
+    p = Policy(cfg, 12, CAMS, 4, 4, _normalizer()).eval()
+    # new chunk step 0 is the last executed action; the rest of the overlap is the old plan, fading out
+    torch.testing.assert_close(p.inpaint_weights(4), torch.tensor([1, .75, .5, .25, 0, 0, 0, 0]))
+    torch.testing.assert_close(p.inpaint_weights(1), torch.tensor([1, 6, 5, 4, 3, 2, 1, 0]) / torch.tensor(
+        [1, 7, 7, 7, 7, 7, 7, 1]))                                    # temporal ensembling: one step on
+    seen: list[dict] = []
+    predict = p.core.head.predict
+    p.core.head.predict = lambda cond, **kw: (seen.append(kw), predict(cond, **kw))[1]
+    feats, state = torch.randn(2, 2, 2, 12), np.zeros((2, 2, 4), np.float32)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    first = p.predict_from_features(feats, state, generator=g(), env_ids=[0, 1])
+    assert float(seen[-1]["prior_weight"].abs().sum()) == 0           # a new episode: nothing to tie to
+    torch.testing.assert_close(first, p.predict_from_features(feats, state, generator=g()))
+    last1 = p._last_chunks[1]
+    p.predict_from_features(feats[1:], state[1:], generator=g(), env_ids=[1])
+    torch.testing.assert_close(seen[-1]["prior"][0, :4], last1[4:])   # moved by the 4 executed actions
+    torch.testing.assert_close(seen[-1]["prior_weight"][0], p.inpaint_weights(4))
+    p.reset([1])
+    p.predict_from_features(feats[1:], state[1:], generator=g(), env_ids=[1])
+    assert float(seen[-1]["prior_weight"].abs().sum()) == 0 and 0 in p._last_chunks
+    p.reset()
+    assert not p._last_chunks
+    with pytest.raises(ValueError, match="env_ids names 1 envs for a batch of 2"):
+        p.predict_from_features(feats, state, env_ids=[0])
+
+    assert set_inpaint(p, "executed") == "executed"
+    torch.testing.assert_close(p.inpaint_weights(4), torch.tensor([1., 0, 0, 0, 0, 0, 0, 0]))
+    assert set_inpaint(p, "none") == "none" and not p.inpaints
+    p.predict_from_features(feats, state, env_ids=[0, 1])
+    assert "prior" not in seen[-1] and not p._last_chunks             # off: chunks sampled on their own
+    with pytest.raises(ValueError, match="inpaint"):
+        set_inpaint(p, "always")
+    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
+                 _normalizer())
+    with pytest.raises(ValueError, match="diffusion head"):
+        set_inpaint(mlp, "plan")

@@ -42,7 +42,9 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
     Each env keeps its own observation history (the first frame repeated at reset, as in training padding)
     and action queue; the policy runs once, batched, over every env whose queue is empty. A policy whose
     ``temporal_ensemble_m`` is not ``None`` runs at every step instead, and each env executes the
-    temporally ensembled action of its chunks (:class:`TemporalEnsembler`, reset at each episode start).
+    temporally ensembled action of its chunks (:class:`TemporalEnsembler`, reset at each episode start). A
+    policy whose ``inpaints`` is true gets ``env_ids`` with each query and a ``reset([env])`` at each episode
+    start, so it can tie an env's new chunk to its previous one.
     Videos of the first ``n_videos`` seeds go to ``video_dir``. Each numeric ``info_keys`` entry the env
     reports is kept per episode as its ``last`` and ``max`` value (``episodes[i]["info"]``: for telling
     failure modes apart, e.g. MetaWorld's ``grasp_success`` and ``obj_to_target``).
@@ -63,6 +65,9 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
     gen = torch.Generator(device=policy.device).manual_seed(sample_seed)
     ensemble_m = getattr(policy, "temporal_ensemble_m", None)
     ensembler = TemporalEnsembler(n_envs, ensemble_m) if ensemble_m is not None else None
+    inpaints = bool(getattr(policy, "inpaints", False))  # the policy remembers each env's last chunk
+    if inpaints:
+        policy.reset()
     lo, hi = venv.single_action_space.low, venv.single_action_space.high
     results: list[dict] = []
     videos: list[str] = []
@@ -88,7 +93,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
             if need:
                 batch = {k: np.stack([np.stack([h[k] for h in hist[i]]) for i in need]) for k in keys}
                 ts = time.perf_counter()
-                act = policy.predict_action(batch, generator=gen)
+                act = (policy.predict_action(batch, generator=gen, env_ids=need) if inpaints
+                       else policy.predict_action(batch, generator=gen))
                 policy_s += time.perf_counter() - ts
                 policy_calls += 1
                 act = act.cpu().numpy() if isinstance(act, torch.Tensor) else np.asarray(act)
@@ -143,6 +149,8 @@ def run_rollouts(policy: Any, task: TaskSpec, seeds: Sequence[int], n_envs: int 
                         queues[i].clear()
                         if ensembler is not None:
                             ensembler.reset(i)
+                        if inpaints:
+                            policy.reset([i])
                         length[i], success[i], tracked[i] = 0, False, {}
                         _record(frames, slot_ep[i], hist[i][-1], policy.cameras)
         bar.close()

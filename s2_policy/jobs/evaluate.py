@@ -62,6 +62,16 @@ def set_diffusion_samples(policy: Policy, samples: int) -> int:
     return samples
 
 
+def set_inpaint(policy: Policy, mode: str) -> str:
+    """Tie each new diffusion chunk to the previous one (``none`` | ``executed`` | ``plan``, see
+    ``DiffusionHeadConfig``) instead of the trained setting (choose it on ``seeds=selection``); returns
+    ``mode``."""
+    require_diffusion_head(policy, "inpaint", mode)
+    # the config checks the value
+    policy.config.diffusion = dataclasses.replace(policy.config.diffusion, inpaint=mode)
+    return mode
+
+
 def set_action_steps(policy: Policy, steps: int) -> int:
     """Execute ``steps`` actions of each predicted chunk before predicting again (re-plan more or less often
     than trained; choose it on ``seeds=selection``); returns ``steps``."""
@@ -108,6 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         label = f"{label}+{set_timestep_spacing(policy, str(cfg.timestep_spacing))}"
     if cfg.get("diffusion_samples") is not None:
         label = f"{label}+avg{set_diffusion_samples(policy, int(cfg.diffusion_samples))}"
+    if cfg.get("inpaint") is not None:
+        label = f"{label}+inpaint-{set_inpaint(policy, str(cfg.inpaint))}"
     if cfg.get("n_action_steps") is not None:
         label = f"{label}+exec{set_action_steps(policy, int(cfg.n_action_steps))}"
     te, te_m = cfg.get("temporal_ensemble"), cfg.get("temporal_ensemble_m")

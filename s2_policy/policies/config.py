@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 HEADS = ("mlp", "diffusion", "transformer")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIMScheduler timestep_spacing
 NORMALIZER_MODES = ("limits", "gaussian")
+INPAINT_MODES = ("none", "executed", "plan")  # DiffusionHeadConfig.inpaint
 
 
 @dataclass
@@ -59,8 +60,12 @@ class DiffusionHeadConfig(ChunkExecutionConfig):
     DDIM sampling with ``num_inference_steps`` at ``timestep_spacing`` (``trailing`` starts sampling at the
     last noise level, where the training noise is pure; ``leading`` starts below it). ``num_samples`` > 1
     samples that many chunks per query (one batched denoising) and executes their mean, which removes the
-    sampling spread at that multiple of the head's inference cost. ``down_dims`` is small for CPU training
-    (Diffusion Policy uses [256, 512, 1024] on a GPU). Chunk execution as :class:`ChunkExecutionConfig`."""
+    sampling spread at that multiple of the head's inference cost. ``inpaint`` ties each new chunk to the
+    previous one of the same episode in rollouts (an inference setting; see :meth:`DiffusionHead.predict`):
+    ``executed`` inpaints the actions already executed that the new chunk covers, ``plan`` also the previous
+    chunk's unexecuted plan with weights falling linearly to 0 across the overlap, ``none`` samples every
+    chunk on its own. ``down_dims`` is small for CPU training (Diffusion Policy uses [256, 512, 1024] on a
+    GPU). Chunk execution as :class:`ChunkExecutionConfig`."""
 
     down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = 5
@@ -73,9 +78,12 @@ class DiffusionHeadConfig(ChunkExecutionConfig):
     clip_sample: bool = True
     timestep_spacing: str = "trailing"
     num_samples: int = 1
+    inpaint: str = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.inpaint not in INPAINT_MODES:
+            raise ValueError(f"policy.diffusion.inpaint={self.inpaint!r}; use one of {INPAINT_MODES}")
         if self.num_samples < 1:
             raise ValueError(f"policy.diffusion.num_samples must be >= 1 (chunks sampled and averaged per "
                              f"query), got {self.num_samples}")

@@ -61,16 +61,34 @@ class DiffusionHead(nn.Module):
         return F.mse_loss(pred, target)
 
     @torch.no_grad()
-    def predict(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+                prior: torch.Tensor | None = None, prior_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Sample an action chunk by DDIM denoising from Gaussian noise (seeded by ``generator``); with
-        ``num_samples`` > 1, the mean of that many chunks denoised in one batch."""
+        ``num_samples`` > 1, the mean of that many chunks denoised in one batch.
+
+        ``prior (B, horizon, A)`` with ``prior_weight (B, horizon)`` in [0, 1] inpaints known actions: before
+        every denoising step the sample becomes ``(1 - w) * x_t + w * q(prior, t)``, ``q`` noising the prior
+        to step ``t``'s level with the same initial noise, so the free steps are denoised to continue it
+        (RePaint's replacement, soft as in real-time chunking; diffusers has no inpainting for 1-D samples).
+        """
         b, k = cond.shape[0], self.num_samples
         if k > 1:
             cond = cond.repeat_interleave(k, dim=0)
         x = torch.randn((b * k, self.horizon, self.action_dim), generator=generator, device=cond.device,
                         dtype=cond.dtype)
+        if prior is not None:
+            if prior.shape != (b, self.horizon, self.action_dim) or prior_weight is None \
+                    or prior_weight.shape != (b, self.horizon):
+                raise ValueError(f"prior must be (B, horizon, A) = {(b, self.horizon, self.action_dim)} with "
+                                 f"prior_weight (B, horizon), got {tuple(prior.shape)} and "
+                                 f"{None if prior_weight is None else tuple(prior_weight.shape)}")
+            prior = prior.to(x).repeat_interleave(k, dim=0)
+            w = prior_weight.to(x).clamp(0, 1).repeat_interleave(k, dim=0).unsqueeze(-1)
+            noise = x.clone()
         sched = self.infer_scheduler
         sched.set_timesteps(self.num_inference_steps, device=cond.device)
         for t in sched.timesteps:
+            if prior is not None:
+                x = torch.lerp(x, sched.add_noise(prior, noise, t.reshape(1)), w)
             x = sched.step(self.model(x, t, cond), t, x, eta=0.0).prev_sample
         return x.view(b, k, self.horizon, self.action_dim).mean(dim=1) if k > 1 else x

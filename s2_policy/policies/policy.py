@@ -9,7 +9,7 @@ encoder identity) and :meth:`Policy.load` rebuilds and verifies the encoder from
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ class Policy(nn.Module):
         self.encoder: nn.Module | None = None
         if encoder is not None:
             self.attach_encoder(encoder)
+        self._last_chunks: dict[int, torch.Tensor] = {}  # env id -> its last normalised chunk (inpainting)
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -183,6 +184,46 @@ class Policy(nn.Module):
             p.requires_grad_(False)
         self.encoder = encoder.eval().to(self.device)
 
+    @property
+    def inpaints(self) -> bool:
+        """Whether chunks are tied to the previous chunk of their env (``policy.diffusion.inpaint``)."""
+        return self.config.head == "diffusion" and self.config.diffusion.inpaint != "none"
+
+    def inpaint_weights(self, shift: int) -> torch.Tensor:
+        """Weights ``(horizon,)`` of the previous chunk, shifted by the ``shift`` steps executed since, in
+        the new chunk: 1 where it holds an executed action, and for ``inpaint=plan`` its unexecuted plan with
+        weights falling linearly to 0 across the overlap; 0 where it has no prediction."""
+        h, last_obs = self.horizon, self.n_obs_steps - 1
+        w = torch.zeros(h)
+        overlap = h - shift
+        for j in range(max(overlap, 0)):
+            if last_obs - shift <= j < last_obs:
+                w[j] = 1.0
+            elif j >= last_obs and self.config.diffusion.inpaint == "plan":
+                w[j] = 1.0 - (j - last_obs + 1) / (overlap - last_obs + 1)
+        return w
+
+    def reset(self, env_ids: Iterable[int] | None = None) -> None:
+        """Forget the chunks remembered for ``env_ids`` (every env if ``None``): call at each episode start
+        when predicting with ``env_ids``."""
+        if env_ids is None:
+            self._last_chunks.clear()
+        for e in env_ids or ():
+            self._last_chunks.pop(int(e), None)
+
+    def _inpaint_prior(self, env_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The previous chunks of ``env_ids`` moved to the new chunk's steps, and their weights."""
+        shift = 1 if self.temporal_ensemble_m is not None else self.n_action_steps
+        w = self.inpaint_weights(shift)
+        prior = torch.zeros(len(env_ids), self.horizon, self.action_dim, device=self.device)
+        weight = torch.zeros(len(env_ids), self.horizon, device=self.device)
+        for row, e in enumerate(env_ids):
+            last = self._last_chunks.get(int(e))
+            if last is not None and shift < self.horizon:
+                prior[row, :self.horizon - shift] = last[shift:]
+                weight[row] = w.to(self.device)
+        return prior, weight
+
     # -- inference ----------------------------------------------------------------------------------------
     def _tensor(self, x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
@@ -223,9 +264,14 @@ class Policy(nn.Module):
         return feats[:, -self.n_obs_steps:]
 
     @torch.no_grad()
-    def predict_from_features(self, feats: torch.Tensor, state: Any,
-                              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Features ``(B, To, K, F)`` + raw state ``(B, To, D)`` -> env actions ``(B, n_action_steps, A)``."""
+    def predict_from_features(self, feats: torch.Tensor, state: Any, generator: torch.Generator | None = None,
+                              env_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Features ``(B, To, K, F)`` + raw state ``(B, To, D)`` -> env actions ``(B, n_action_steps, A)``.
+
+        ``env_ids`` (one per row) name the episodes the rows continue: with ``policy.diffusion.inpaint`` each
+        new chunk is tied to that env's previous chunk, which assumes the env executed ``n_action_steps``
+        actions since (one with temporal ensembling); :meth:`reset` an env when its episode starts.
+        """
         state = self._tensor(state, torch.float32)[:, -self.n_obs_steps:]
         if state.ndim != 3 or state.shape[-1] != self.state_dim:
             raise ValueError(f"state must be (B, To, {self.state_dim}), got {tuple(state.shape)}")
@@ -234,15 +280,26 @@ class Policy(nn.Module):
             raise ValueError(f"need n_obs_steps={self.n_obs_steps} observation steps, got features "
                              f"{tuple(feats.shape)} and state {tuple(state.shape)}")
         cond = self.core.condition(feats.to(self.device), self.normalizer.normalize("state", state))
-        chunk = self.core.head.predict(cond, generator=generator)
+        if env_ids is not None and self.inpaints:
+            if len(env_ids) != cond.shape[0]:
+                raise ValueError(f"env_ids names {len(env_ids)} envs for a batch of {cond.shape[0]}")
+            prior, weight = self._inpaint_prior(env_ids)
+            chunk = self.core.head.predict(cond, generator=generator, prior=prior, prior_weight=weight)
+            for row, e in enumerate(env_ids):
+                self._last_chunks[int(e)] = chunk[row].clone()
+        else:
+            chunk = self.core.head.predict(cond, generator=generator)
         start = self.n_obs_steps - 1
         actions = self.normalizer.unnormalize("action", chunk[:, start:start + self.n_action_steps])
         return actions.float()
 
     @torch.no_grad()
-    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Observation history -> action chunk ``(B, n_action_steps, A)`` float32 in env units."""
-        return self.predict_from_features(self.encode_obs(obs), obs["state"], generator=generator)
+    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None,
+                       env_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Observation history -> action chunk ``(B, n_action_steps, A)`` float32 in env units (``env_ids``:
+        :meth:`predict_from_features`)."""
+        return self.predict_from_features(self.encode_obs(obs), obs["state"], generator=generator,
+                                          env_ids=env_ids)
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def checkpoint_dict(self) -> dict:

@@ -97,6 +97,10 @@ class ControlLoop:
                              f"(configured: {sorted(cameras)})")
         self.policy, self.encoder, self.robot, self.cfg = policy, encoder, robot, cfg
         self.cameras = {c: cameras[c] for c in policy.cameras}
+        if getattr(policy, "inpaints", False):
+            log.warning("policy.diffusion.inpaint ties each chunk to the previous one in simulated rollouts "
+                        "only; this loop samples every chunk on its own (its chunks start at measured "
+                        "ticks, not a fixed n_action_steps apart)")
         # null ensemble settings follow the policy: a head trained for temporal ensembling gets it with its m
         policy_m = getattr(policy, "temporal_ensemble_m", None)
         self.ensemble = cfg.ensemble or ("temporal" if policy_m is not None else "none")
