@@ -440,3 +440,17 @@ def test_async_inference_keeps_the_control_rate_with_a_slow_policy(cams):
     assert recs[-1].status == "act" or any(r.status == "act" for r in recs[-5:])  # recovered
     late = [r for r in recs if r.status == "act"]
     assert all(r.latency_ms > 100 for r in late)  # every action carries its (slow) chunk's capture time
+
+
+def test_loop_says_it_does_not_tie_diffusion_chunks(cams, caplog):
+    rng = np.random.default_rng(0)
+    norm = LinearNormalizer().fit({"state": rng.normal(size=(50, 4)), "action": rng.uniform(-1, 1, (50, 4))})
+    cfg = {"head": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "obs_proj_dim": 16,
+           "diffusion": {"down_dims": [8, 16], "num_inference_steps": 2, "inpaint": "plan"}}
+    tied = Policy(cfg, feature_dim=3, cameras=CAMS, state_dim=4, action_dim=4, normalizer=norm).eval()
+    with caplog.at_level("WARNING", logger="s2_policy.realtime.loop"):
+        _loop(cams, policy=make_policy(), max_steps=1)
+        assert not caplog.records
+        loop = _loop(cams, policy=tied, rate_hz=10, max_steps=6)
+    assert "samples every chunk on its own" in caplog.text
+    assert loop.run()["steps"] == 6 and not tied._last_chunks       # chunks sampled without the memory
