@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from machine import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -43,12 +44,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is imported: headless
 from envs.spec import TaskSpec  # noqa: E402  (after sys.path)
 from s2_policy.evaluation.evaluate import evaluate_policy, write_json  # noqa: E402  (after sys.path)
 from s2_policy.jobs.evaluate import (  # noqa: E402  (after sys.path)
-    set_action_steps,
-    set_ddim_steps,
-    set_diffusion_samples,
-    set_inpaint,
-    set_temporal_ensemble,
-    set_timestep_spacing,
+    INFERENCE_SETTINGS,
+    apply_inference_settings,
 )
 from s2_policy.policies.policy import Policy  # noqa: E402  (after sys.path)
 
@@ -56,25 +53,16 @@ INFO_KEYS = ("near_object", "grasp_success", "grasp_reward", "obj_to_target")
 MODES = ("never near", "never grasped", "dropped", "held, not placed")
 
 
-def apply(policy: Policy, key: str, value: str) -> None:
-    """One inference change, as ``jobs.evaluate`` makes it."""
-    if key == "temporal_ensemble":
-        set_temporal_ensemble(policy, value.lower() in ("1", "true", "yes"))
-    elif key == "temporal_ensemble_m":
-        set_temporal_ensemble(policy, True, float(value))
-    elif key == "n_action_steps":
-        set_action_steps(policy, int(value))
-    elif key == "ddim_steps":
-        set_ddim_steps(policy, int(value))
-    elif key == "timestep_spacing":
-        set_timestep_spacing(policy, value)
-    elif key == "diffusion_samples":
-        set_diffusion_samples(policy, int(value))
-    elif key == "inpaint":
-        set_inpaint(policy, value)
-    else:
-        raise SystemExit(f"unknown inference setting {key!r}: use temporal_ensemble, temporal_ensemble_m, "
-                         "n_action_steps, ddim_steps, timestep_spacing, diffusion_samples or inpaint")
+def inference_settings(changes: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings -> typed settings (YAML values) for ``apply_inference_settings``."""
+    settings = {}
+    for change in changes:
+        key, _, value = change.partition("=")
+        if key not in INFERENCE_SETTINGS:
+            raise SystemExit(f"unknown inference setting {key!r}: use one of {', '.join(INFERENCE_SETTINGS)}")
+        # names stay strings (YAML would read inpaint=none as null, "keep the trained setting")
+        settings[key] = value if key in ("inpaint", "timestep_spacing") else yaml.safe_load(value)
+    return settings
 
 
 def mode(ep: dict) -> str | None:
@@ -99,9 +87,7 @@ def run(spec: str, role: str, n: int, out: Path) -> dict:
         if saved.get("spec") == spec and saved.get("role") == role and saved["rollout"]["n_episodes"] == n:
             return saved
     policy = Policy.load(path)
-    for change in changes:
-        key, _, value = change.partition("=")
-        apply(policy, key, value)
+    apply_inference_settings(policy, inference_settings(changes))
     task = TaskSpec.from_config(policy.meta["task"])
     res = evaluate_policy(policy, task, n, role=role, n_videos=0, info_keys=INFO_KEYS)
     result = {"spec": spec, "name": name, "role": role, "rollout": res}

@@ -362,3 +362,22 @@ def test_policy_ties_each_env_chunk_to_its_previous_one():
                  _normalizer())
     with pytest.raises(ValueError, match="diffusion head"):
         set_inpaint(mlp, "plan")
+
+
+def test_inference_settings_apply_in_one_place_and_name_the_label():
+    from s2_policy.jobs.evaluate import apply_inference_settings
+
+    cfg = {"head": "diffusion", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+           "diffusion": {"down_dims": [8, 16], "num_inference_steps": 3, "num_train_timesteps": 50}}
+    p = Policy(cfg, 12, CAMS, 4, 4, _normalizer())
+    assert apply_inference_settings(p, {"ddim_steps": None, "label": "x"}) == ""    # None: as trained
+    suffix = apply_inference_settings(p, {"ddim_steps": 2, "timestep_spacing": "leading",
+                                          "diffusion_samples": 3, "inpaint": "plan", "n_action_steps": 2,
+                                          "temporal_ensemble": True, "temporal_ensemble_m": 0.5})
+    assert suffix == "+ddim2+leading+avg3+inpaint-plan+exec2+te0.5"
+    d = p.config.diffusion
+    assert (d.num_inference_steps, d.timestep_spacing, d.num_samples, d.inpaint) == (2, "leading", 3, "plan")
+    assert p.n_action_steps == 2 and p.temporal_ensemble_m == 0.5 and p.core.head.num_samples == 3
+    assert apply_inference_settings(p, {"temporal_ensemble": False}) == "+chunked"
+    with pytest.raises(ValueError, match="needs temporal ensembling on"):
+        apply_inference_settings(p, {"temporal_ensemble_m": 0.1})

@@ -8,6 +8,7 @@ Evaluation seeds come from the task's seed plan and are never demonstration seed
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,37 @@ def set_temporal_ensemble(policy: Policy, enabled: bool, m: float | None = None)
     return f"te{block.temporal_ensemble_m:g}" if enabled else "chunked"
 
 
+INFERENCE_SETTINGS = ("ddim_steps", "timestep_spacing", "diffusion_samples", "inpaint", "n_action_steps",
+                      "temporal_ensemble", "temporal_ensemble_m")
+
+
+def apply_inference_settings(policy: Policy, settings: Mapping[str, Any]) -> str:
+    """Apply the inference changes named in ``settings`` (the keys of :data:`INFERENCE_SETTINGS`, as in
+    ``configs/eval.yaml``; other keys are ignored, a missing or ``None`` value keeps the trained setting);
+    returns the label suffix
+    (``+ddimK`` ``+<spacing>`` ``+avgK`` ``+inpaint-<mode>`` ``+execK`` ``+te<m>`` | ``+chunked``)."""
+    get = settings.get
+    suffix = ""
+    if get("ddim_steps") is not None:
+        suffix += f"+ddim{set_ddim_steps(policy, int(get('ddim_steps')))}"
+    if get("timestep_spacing") is not None:
+        suffix += f"+{set_timestep_spacing(policy, str(get('timestep_spacing')))}"
+    if get("diffusion_samples") is not None:
+        suffix += f"+avg{set_diffusion_samples(policy, int(get('diffusion_samples')))}"
+    if get("inpaint") is not None:
+        suffix += f"+inpaint-{set_inpaint(policy, str(get('inpaint')))}"
+    if get("n_action_steps") is not None:
+        suffix += f"+exec{set_action_steps(policy, int(get('n_action_steps')))}"
+    te, te_m = get("temporal_ensemble"), get("temporal_ensemble_m")
+    if te is not None or te_m is not None:
+        on = bool(te) if te is not None else policy.temporal_ensemble_m is not None
+        if te_m is not None and not on:
+            raise ValueError(f"temporal_ensemble_m={te_m} needs temporal ensembling on: add "
+                             "temporal_ensemble=true (this policy executes whole chunks)")
+        suffix += f"+{set_temporal_ensemble(policy, on, None if te_m is None else float(te_m))}"
+    return suffix
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns the result dict (also written as JSON)."""
     if cfg.checkpoint is None:
@@ -111,24 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         task = TaskSpec.from_config(policy.meta["task"])
     else:
         raise ValueError(f"{ckpt} stores no task; pass task=<configs/task name>")
-    label = policy.meta.get("label", ckpt.stem)
-    if cfg.get("ddim_steps") is not None:
-        label = f"{label}+ddim{set_ddim_steps(policy, int(cfg.ddim_steps))}"
-    if cfg.get("timestep_spacing") is not None:
-        label = f"{label}+{set_timestep_spacing(policy, str(cfg.timestep_spacing))}"
-    if cfg.get("diffusion_samples") is not None:
-        label = f"{label}+avg{set_diffusion_samples(policy, int(cfg.diffusion_samples))}"
-    if cfg.get("inpaint") is not None:
-        label = f"{label}+inpaint-{set_inpaint(policy, str(cfg.inpaint))}"
-    if cfg.get("n_action_steps") is not None:
-        label = f"{label}+exec{set_action_steps(policy, int(cfg.n_action_steps))}"
-    te, te_m = cfg.get("temporal_ensemble"), cfg.get("temporal_ensemble_m")
-    if te is not None or te_m is not None:
-        on = bool(te) if te is not None else policy.temporal_ensemble_m is not None
-        if te_m is not None and not on:
-            raise ValueError(f"temporal_ensemble_m={te_m} needs temporal ensembling on: add "
-                             "temporal_ensemble=true (this policy executes whole chunks)")
-        label = f"{label}+{set_temporal_ensemble(policy, on, te_m)}"
+    label = policy.meta.get("label", ckpt.stem) + apply_inference_settings(policy, cfg)
     if cfg.get("label"):
         label = str(cfg.label)
     out = Path(cfg.out) if cfg.out else ckpt.parent / f"eval_{task.name}.json"

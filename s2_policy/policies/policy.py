@@ -193,15 +193,11 @@ class Policy(nn.Module):
         """Weights ``(horizon,)`` of the previous chunk, shifted by the ``shift`` steps executed since, in
         the new chunk: 1 where it holds an executed action, and for ``inpaint=plan`` its unexecuted plan with
         weights falling linearly to 0 across the overlap; 0 where it has no prediction."""
-        h, last_obs = self.horizon, self.n_obs_steps - 1
-        w = torch.zeros(h)
-        overlap = h - shift
-        for j in range(max(overlap, 0)):
-            if last_obs - shift <= j < last_obs:
-                w[j] = 1.0
-            elif j >= last_obs and self.config.diffusion.inpaint == "plan":
-                w[j] = 1.0 - (j - last_obs + 1) / (overlap - last_obs + 1)
-        return w
+        j, last_obs, overlap = torch.arange(self.horizon), self.n_obs_steps - 1, self.horizon - shift
+        w = ((j >= last_obs - shift) & (j < last_obs)).float()          # actions already executed
+        if self.config.diffusion.inpaint == "plan":
+            w = torch.where(j >= last_obs, 1.0 - (j - last_obs + 1) / (overlap - last_obs + 1), w)
+        return torch.where(j < overlap, w, 0.0)
 
     def reset(self, env_ids: Iterable[int] | None = None) -> None:
         """Forget the chunks remembered for ``env_ids`` (every env if ``None``): call at each episode start
