@@ -6,9 +6,10 @@ Usage:
 
 A head can also be a named variant, ``NAME=HEAD[,OVERRIDE...]``: e.g.
 ``diffusion_te=diffusion,policy.diffusion.temporal_ensemble=true`` runs the diffusion head with that override,
-in its own folder and under the label ``NAME``; ``--baseline NAME`` makes it the row the others are compared
-with (default: ``mlp``). Encoders compare the same way, e.g. ``--heads single=mlp,s2=single s2=mlp
---baseline single``.
+in its own folder and under the label ``NAME`` (commas inside brackets belong to the value, e.g.
+``diffusion_u64=diffusion,policy.diffusion.down_dims=[64,128,256]``); ``--baseline NAME`` makes it the row
+the others are compared with (default: ``mlp``). Encoders compare the same way, e.g. ``--heads
+single=mlp,s2=single s2=mlp --baseline single``.
 
 For every task, training seed and head it runs ``python train_policy.py task=<task> <head overrides>
 seed=<seed> <extra overrides>`` (``mlp``: ``policy=mlp``; ``transformer``: ``policy=transformer``;
@@ -46,14 +47,28 @@ HEADS = {"mlp": ["policy=mlp"], "transformer": ["policy=transformer"],
          "diffusion": ["policy=diffusion", "train=diffusion"]}
 
 
+def _split_top(spec: str) -> list[str]:
+    """Split on commas outside brackets, so list overrides such as ``policy.diffusion.down_dims=[64,128,256]``
+    stay whole."""
+    parts, depth, cur = [], 0, ""
+    for ch in spec:
+        depth += (ch in "[{(") - (ch in "]})")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
 def parse_head(spec: str) -> tuple[str, list[str]]:
     """``mlp`` | ``transformer`` | ``diffusion`` or ``NAME=HEAD[,OVERRIDE...]`` -> (folder, overrides)."""
-    if "=" not in spec.split(",")[0]:
+    if "=" not in _split_top(spec)[0]:
         if spec not in HEADS:
             raise SystemExit(f"--heads {spec!r}: use one of {sorted(HEADS)} or NAME=HEAD[,OVERRIDE...]")
         return spec, HEADS[spec]
     name, rest = spec.split("=", 1)
-    head, *overrides = rest.split(",")
+    head, *overrides = _split_top(rest)
     if head not in HEADS or not name.isidentifier() or name in HEADS:
         raise SystemExit(f"--heads {spec!r}: a variant is NAME=HEAD[,OVERRIDE...] with HEAD one of "
                          f"{sorted(HEADS)} and NAME a new identifier (e.g. diffusion_te=diffusion,"

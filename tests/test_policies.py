@@ -119,6 +119,32 @@ def test_policy_save_load_identical_actions(tmp_path, head):
     assert q.trainable_parameters() == p.trainable_parameters() > 0
 
 
+@pytest.mark.parametrize("head", ["mlp", "diffusion"])
+def test_policy_without_state_ignores_it_and_round_trips(tmp_path, head):
+    """``use_state=false``: the condition holds camera features only, so the actions do not move with the
+    state (while they do with it on); the setting survives the checkpoint; the transformer refuses it."""
+    cfg = {"head": head, "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4, "use_state": False,
+           "diffusion": {"down_dims": [16, 32], "step_embed_dim": 16, "num_inference_steps": 4}}
+    p = Policy(cfg, 32, CAMS, 4, 4, _normalizer())
+    with_state = Policy({**cfg, "use_state": True}, 32, CAMS, 4, 4, _normalizer())
+    obs, moved = _obs(3), _obs(3)
+    feats, state = p.encode_obs(obs), p.normalizer.normalize("state", obs["state"])
+    width = p.core.condition(feats, state).shape[-1]
+    assert width == with_state.core.condition(feats, state).shape[-1] - 2 * 4  # To x state_dim fewer inputs
+    moved["state"] = moved["state"] + 5.0
+
+    def act(policy, o):
+        return policy.predict_action(o, generator=torch.Generator().manual_seed(3))
+
+    torch.testing.assert_close(act(p, obs), act(p, moved), rtol=0, atol=0)
+    assert not torch.allclose(act(with_state, obs), act(with_state, moved))
+    q = Policy.load(p.save(tmp_path / "policy.pt"), load_encoder=False)
+    assert q.config.use_state is False
+    torch.testing.assert_close(act(q, obs), act(p, obs), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="use_state=false is supported by the mlp and diffusion heads"):
+        Policy({"head": "transformer", "use_state": False}, 32, CAMS, 4, 4, _normalizer())
+
+
 def test_policy_actions_in_env_units_and_slice():
     """The returned chunk is the un-normalised slice [n_obs_steps-1, n_obs_steps-1+n_action_steps)."""
     n = _normalizer()

@@ -212,6 +212,34 @@ def test_frame_views_and_sampler() -> None:
         FrameConfig(render_size=100).validate()
 
 
+def test_frame_views_cut_the_tiles_of_every_s2_scale() -> None:
+    """``tile_scales=[2, 4]`` on a 256-px frame: the whole frame at 64 px, then 2 distinct tiles of the frame
+    at 128 px (S2's 2x scale) and 2 of the frame itself (4x), exactly as S2 cuts them."""
+    small = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    frame = small.repeat(4, 0).repeat(4, 1)  # area resizes of a 4x repeat are exact
+    cfg = FrameConfig(render_size=256, tile_scales=[2, 4])
+    cfg.validate()
+    assert cfg.views_per_frame() == 5 and FrameConfig().views_per_frame() == 3
+    views = frame_views(frame, 64, 2, np.random.default_rng(1), cfg.scales())
+    assert len(views) == 5
+    np.testing.assert_array_equal(views[0], small)
+    at_2x = small.repeat(2, 0).repeat(2, 1)
+    tiles_2x = [at_2x[i : i + 64, j : j + 64].tobytes() for i in (0, 64) for j in (0, 64)]
+    tiles_4x = [frame[i : i + 64, j : j + 64].tobytes() for i in range(0, 256, 64) for j in range(0, 256, 64)]
+    picked_2x = [tiles_2x.index(v.tobytes()) for v in views[1:3]]  # ValueError: not a 2x tile
+    picked_4x = [tiles_4x.index(v.tobytes()) for v in views[3:5]]
+    assert len(set(picked_2x)) == 2 and len(set(picked_4x)) == 2
+    # the default (the render's own scale) draws exactly the tiles the one-scale recipe always drew
+    one = frame_views(frame, 64, 2, np.random.default_rng(1))
+    assert [v.tobytes() for v in one[1:]] == [v.tobytes() for v in
+                                              frame_views(frame, 64, 2, np.random.default_rng(1), [4])[1:]]
+    for bad in ([3], [1], [8], [2, 2]):
+        with pytest.raises(ValueError, match="tile_scales"):
+            FrameConfig(render_size=256, tile_scales=bad).validate()
+    with pytest.raises(ValueError, match="tiles_per_frame"):
+        FrameConfig(render_size=256, tile_scales=[2, 4], tiles_per_frame=5).validate()  # 2x has 4 tiles
+
+
 @pytest.mark.slow
 def test_frames_render_from_envs_and_cache(tmp_path: Path) -> None:
     pytest.importorskip("envs")
@@ -261,6 +289,7 @@ def test_cli_config_runs_end_to_end(tmp_path: Path) -> None:
     path = run_pretraining(cfg)
     obj = torch.load(path, weights_only=True)
     assert obj["model"]["pos_embed"].dtype == torch.float16 and obj["meta"]["steps"] == 3
+    assert obj["meta"]["scales"] == [1, 2]  # whole frames and the 2x tiles of the 128-px renders
     assert (tmp_path / "mae_loss.png").stat().st_size > 0
     assert (tmp_path / "mae_reconstructions.png").stat().st_size > 0
 
@@ -370,6 +399,7 @@ def test_store_frames_cache_key_follows_stores_content_and_settings(tmp_path: Pa
         replace(cfg, tiles_per_frame=1).key(),
         replace(cfg, cameras=["wrist"]).key(),
         replace(cfg, seed=1).key(),
+        replace(cfg, tile_scales=[2]).key(),  # named explicitly: a new key (the cache is remade once)
     ]
     assert len(set(keys)) == len(keys)
     assert replace(cfg, tasks=["other"], max_steps=7).key() == keys[0]  # rollout settings do not apply
@@ -430,3 +460,7 @@ def test_pretrain_config_takes_stores_from_the_command_line(tmp_path: Path) -> N
     assert frame_cfg.stores == [f"{tmp_path}/s.zarr"] and frame_cfg.cameras == ["corner4"]
     # the yaml's settings: every 3rd frame of the 4 (2 kept), 1 camera, the whole frame + 2 tiles
     assert read_store_frames(frame_cfg, progress=False).shape == (2 * 3, 64, 64, 3)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        scaled = compose(config_name="pretrain", overrides=[*overrides, "data.tile_scales=[2]"])
+    scaled_cfg = build_frame_config(scaled.data)
+    assert scaled_cfg.tile_scales == [2] and scaled_cfg.key() != frame_cfg.key()  # a plain list, in the key

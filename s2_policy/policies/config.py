@@ -173,6 +173,8 @@ class PolicyConfig:
         token_proj_dim: per-token projection of token features (``encoder.pooling=tokens``).
         obs_proj_dim and token_proj_dim are unused by the transformer head (it projects every token to its
         ``d_model``).
+        use_state: feed the proprio state to the head (``false``: camera features only, so the head cannot
+            steer by where the hand was in the demonstrations; the mlp and diffusion heads).
         mlp, diffusion, transformer: the heads' settings (only the chosen head's block is used).
     """
 
@@ -183,6 +185,7 @@ class PolicyConfig:
     normalizer_mode: str = "limits"
     obs_proj_dim: int = 256
     token_proj_dim: int = 16
+    use_state: bool = True
     mlp: MLPHeadConfig = field(default_factory=MLPHeadConfig)
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
     transformer: TransformerHeadConfig = field(default_factory=TransformerHeadConfig)
@@ -202,6 +205,9 @@ class PolicyConfig:
         if self.obs_proj_dim < 0 or self.token_proj_dim < 1:
             raise ValueError(f"policy.obs_proj_dim must be >= 0 and token_proj_dim >= 1, got "
                              f"{self.obs_proj_dim}, {self.token_proj_dim}")
+        if not self.use_state and self.head == "transformer":
+            raise ValueError("policy.use_state=false is supported by the mlp and diffusion heads; the "
+                             "transformer head's queries start from its proprio token: keep use_state=true")
         d = self.diffusion  # the heads' own settings are checked by their configs
         if self.head == "diffusion" and self.normalizer_mode == "gaussian" and d.clip_sample:
             raise ValueError("policy.normalizer_mode=gaussian with policy.diffusion.clip_sample=true would "

@@ -49,7 +49,8 @@ class PolicyCore(nn.Module):
 
     Pooled features ``F`` are LayerNorm-ed; token features ``(N, C)`` (``pooling="tokens"``: spatial layout
     kept) are LayerNorm-ed and projected per token to ``token_proj_dim`` channels, then flattened. The
-    cameras' vectors are concatenated and linearly projected to ``obs_proj_dim``. The transformer head takes
+    cameras' vectors are concatenated and linearly projected to ``obs_proj_dim``, and the state is appended
+    per step (``use_state=false``: left out). The transformer head takes
     the LayerNorm-ed features as tokens instead (its own projection and embeddings; no flattening).
     ``forward(feats, state, action)`` returns the training loss so that DDP can wrap this module directly.
     """
@@ -57,7 +58,7 @@ class PolicyCore(nn.Module):
     def __init__(self, cfg: PolicyConfig, feature_shape: tuple[int, ...], n_cameras: int, state_dim: int,
                  action_dim: int) -> None:
         super().__init__()
-        self.n_obs_steps = cfg.n_obs_steps
+        self.n_obs_steps, self.use_state = cfg.n_obs_steps, cfg.use_state
         self.feature_shape = tuple(int(v) for v in feature_shape)
         if len(self.feature_shape) not in (1, 2):
             raise ValueError(f"features must be pooled (F,) or tokens (N, C), got shape {self.feature_shape}")
@@ -78,7 +79,7 @@ class PolicyCore(nn.Module):
             per_cam = self.feature_shape[0]
         proj = cfg.obs_proj_dim
         self.obs_proj = nn.Linear(n_cameras * per_cam, proj) if proj > 0 else nn.Identity()
-        step_dim = (proj if proj > 0 else n_cameras * per_cam) + state_dim
+        step_dim = (proj if proj > 0 else n_cameras * per_cam) + (state_dim if cfg.use_state else 0)
         cond_dim = self.n_obs_steps * step_dim
         if cfg.head == "mlp":
             self.head = MLPHead(cond_dim, action_dim, cfg.horizon, cfg.mlp)
@@ -92,7 +93,7 @@ class PolicyCore(nn.Module):
             return self.head.tokens(self.obs_norm(feats), state)
         b, to = feats.shape[:2]
         x = self.obs_proj(self.token_proj(self.obs_norm(feats)).flatten(2))
-        return torch.cat([x, state], dim=-1).reshape(b, -1)
+        return (torch.cat([x, state], dim=-1) if self.use_state else x).reshape(b, -1)
 
     def forward(self, feats: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.head.compute_loss(self.condition(feats, state), action)

@@ -6,10 +6,11 @@ expert plus noise, and every ``stride``-th state is rendered from all cameras at
 ``stride``-th frame of every episode of each demonstration store, for each of ``cameras``; stored images must
 already be ``render_size`` square RGB.
 
-Each frame gives the encoder both scales it meets under S2: the whole frame resized to ``out_size`` (the
-base scale) and ``tiles_per_frame`` of its ``out_size`` quadrant tiles (the 2x scale's tiles). The frames are
-cached as one uint8 ``(N, out_size, out_size, 3)`` ``.npy`` file with a JSON sidecar holding the settings that
-made it, written atomically so an interrupted run never leaves a broken cache.
+Each frame gives the encoder the scales it meets under S2: the whole frame resized to ``out_size`` (the
+base scale) and, per tiled scale ``s`` of ``tile_scales`` (default: ``render_size // out_size`` alone, the 2x
+scale at 128 px), ``tiles_per_frame`` of the ``out_size`` tiles of the frame resized to ``s * out_size``. The
+frames are cached as one uint8 ``(N, out_size, out_size, 3)`` ``.npy`` file with a JSON sidecar holding the
+settings that made it, written atomically so an interrupted run never leaves a broken cache.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from s2_policy.data.store import ReplayStore, is_image_array
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # What frames read from stores depend on (the rollout settings do not apply to them).
-STORE_SETTINGS = ("cameras", "render_size", "out_size", "stride", "tiles_per_frame", "seed")
+STORE_SETTINGS = ("cameras", "render_size", "out_size", "stride", "tiles_per_frame", "tile_scales", "seed")
 STORE_READ_BLOCK = 256  # kept frames of one camera decoded at a time: bounds memory on long episodes
 
 
@@ -47,6 +48,10 @@ class FrameConfig:
     them instead of rendering ``tasks``, and ``tasks``, ``env_kwargs``, the episode counts, ``max_steps``,
     ``expert_noise`` and ``random_action_prob`` are unused. ``cameras`` then names the image arrays
     (``data/<camera>``) read from every store; their images must be ``render_size`` square RGB.
+
+    ``tile_scales``: the S2 scales (multiples of ``out_size``) whose tiles are kept, ``tiles_per_frame`` per
+    scale; empty: the render's own scale alone (``render_size // out_size``). E.g. 256-px frames for S2
+    [64, 128, 256] use ``[2, 4]``, so the encoder meets the 2x and the 4x tiles it will see.
     """
 
     tasks: list[str] = field(
@@ -66,6 +71,7 @@ class FrameConfig:
     max_steps: int = 120
     stride: int = 2
     tiles_per_frame: int = 2
+    tile_scales: list[int] = field(default_factory=list)
     expert_noise: float = 0.3
     random_action_prob: float = 0.1
     seed: int = 0
@@ -76,7 +82,17 @@ class FrameConfig:
                 f"render_size ({self.render_size}) must be a multiple of out_size ({self.out_size}) so that "
                 "its tiles are exactly out_size pixels"
             )
-        n_tiles = (self.render_size // self.out_size) ** 2
+        top = self.render_size // self.out_size
+        if len(set(self.tile_scales)) != len(self.tile_scales):
+            raise ValueError(f"tile_scales lists a scale twice ({list(self.tile_scales)}); list each once")
+        for s in self.tile_scales:
+            if not (2 <= s <= top and self.render_size % (s * self.out_size) == 0):
+                raise ValueError(
+                    f"tile_scales holds {s}: each tiled scale must be an integer >= 2 with s * out_size "
+                    f"dividing render_size ({self.render_size}), i.e. a divisor of {top} above 1; e.g. "
+                    f"tile_scales=[2, 4] for 256-px frames and out_size 64"
+                )
+        n_tiles = min(s * s for s in self.scales())
         if not 0 <= self.tiles_per_frame <= n_tiles:
             raise ValueError(f"tiles_per_frame must be in [0, {n_tiles}], got {self.tiles_per_frame}")
         if self.stride < 1 or self.max_steps < 1:
@@ -85,6 +101,14 @@ class FrameConfig:
             raise ValueError("cameras must be a non-empty list")
         if not self.stores and not self.tasks:
             raise ValueError("tasks must be a non-empty list (or set stores to read frames from stores)")
+
+    def scales(self) -> list[int]:
+        """The tiled scales: ``tile_scales``, or the render's own scale when it is empty."""
+        return list(self.tile_scales) or [self.render_size // self.out_size]
+
+    def views_per_frame(self) -> int:
+        """Views each camera frame gives: the whole frame plus ``tiles_per_frame`` per tiled scale."""
+        return 1 + self.tiles_per_frame * len(self.scales())
 
     def key(self) -> str:
         """A short hash of what the frames depend on: a cache made otherwise is not reused.
@@ -99,6 +123,9 @@ class FrameConfig:
             del fields["stores"]
         else:
             fields = {k: getattr(self, k) for k in STORE_SETTINGS}
+        if not self.tile_scales:  # left out while empty, so caches made before it existed keep their key
+            del fields["tile_scales"]
+        if self.stores:
             fields["stores"] = [
                 [str(store.path.resolve()), store_identity(store, self.cameras)]
                 for store in open_frame_stores(self)
@@ -107,18 +134,23 @@ class FrameConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def frame_views(frame: np.ndarray, out_size: int, n_tiles: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """The whole ``frame`` resized to ``out_size`` (area filter) plus ``n_tiles`` distinct random tiles."""
+def frame_views(frame: np.ndarray, out_size: int, n_tiles: int, rng: np.random.Generator,
+                scales: Sequence[int] | None = None) -> list[np.ndarray]:
+    """The whole ``frame`` resized to ``out_size`` (area filter) plus, per scale ``s`` of ``scales`` (default:
+    the frame's own, ``H // out_size``), ``n_tiles`` distinct random ``out_size`` tiles of the frame resized
+    to ``s * out_size``: the tiles S2 feeds the encoder at that scale."""
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
-    h, w = frame.shape[:2]
+    h = frame.shape[0]
     views = [cv2.resize(frame, (out_size, out_size), interpolation=cv2.INTER_AREA)]
-    grid = [(i, j) for i in range(h // out_size) for j in range(w // out_size)]
-    for k in rng.permutation(len(grid))[:n_tiles]:
-        i, j = grid[k]
-        views.append(
-            np.ascontiguousarray(frame[i * out_size : (i + 1) * out_size, j * out_size : (j + 1) * out_size])
-        )
+    for s in scales or [h // out_size]:
+        size = s * out_size
+        image = frame if size == h else cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+        for k in rng.permutation(s * s)[:n_tiles]:
+            i, j = divmod(int(k), s)
+            views.append(np.ascontiguousarray(
+                image[i * out_size : (i + 1) * out_size, j * out_size : (j + 1) * out_size]
+            ))
     return views
 
 
@@ -162,7 +194,7 @@ def render_frames(cfg: FrameConfig, progress: bool = True) -> np.ndarray:
                 seed = cfg.seed * 1_000_003 + t_idx * 10_007 + e_idx
                 for frames in _rollout_frames(env, expert, cfg, seed, use_expert, rng):
                     for frame in frames:
-                        views.extend(frame_views(frame, cfg.out_size, cfg.tiles_per_frame, rng))
+                        views.extend(frame_views(frame, cfg.out_size, cfg.tiles_per_frame, rng, cfg.scales()))
                 bar.update()
                 bar.set_postfix(frames=len(views))
         finally:
@@ -226,10 +258,11 @@ def _kept_frames(store: ReplayStore, stride: int) -> list[np.ndarray]:
 
 
 def count_store_views(cfg: FrameConfig, stores: Sequence[ReplayStore] | None = None) -> int:
-    """How many views :func:`read_store_frames` gives: kept frames x cameras x (1 + ``tiles_per_frame``)."""
+    """How many views :func:`read_store_frames` gives: kept frames x cameras x
+    :meth:`FrameConfig.views_per_frame`."""
     stores = open_frame_stores(cfg) if stores is None else stores
     kept = sum(len(idx) for store in stores for idx in _kept_frames(store, cfg.stride))
-    return kept * len(cfg.cameras) * (1 + cfg.tiles_per_frame)
+    return kept * len(cfg.cameras) * cfg.views_per_frame()
 
 
 def read_store_frames(
@@ -262,7 +295,8 @@ def read_store_frames(
                 images = [reader.read(kept[b : b + STORE_READ_BLOCK]) for reader in readers]
                 for t in range(len(images[0])):
                     for cam_images in images:
-                        for view in frame_views(cam_images[t], cfg.out_size, cfg.tiles_per_frame, rng):
+                        frame = cam_images[t]
+                        for view in frame_views(frame, cfg.out_size, cfg.tiles_per_frame, rng, cfg.scales()):
                             views[i] = view
                             i += 1
             bar.update()
