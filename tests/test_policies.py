@@ -96,6 +96,12 @@ def test_unet_shapes_and_horizon_check():
         DiffusionHead(5, 3, 10, DiffusionHeadConfig(down_dims=[16, 32, 64]))
 
 
+def _small_mlp() -> Policy:
+    """A small MLP policy over 12-d features of the two cameras (state and action dims 4)."""
+    return Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
+                  _normalizer())
+
+
 def _obs(b: int, f: int = 32, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"front": torch.randn(b, 2, f, generator=g), "wrist": torch.randn(b, 2, f, generator=g),
@@ -216,8 +222,7 @@ def test_evaluate_ddim_steps_override_changes_the_sampler_and_checks_the_head():
     assert len(calls) == 3 and policy.config.diffusion.num_inference_steps == 3
     with pytest.raises(ValueError, match=r"\[1, 50\]"):
         set_ddim_steps(policy, 51)
-    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
-                 _normalizer())
+    mlp = _small_mlp()
     with pytest.raises(ValueError, match="diffusion head"):
         set_ddim_steps(mlp, 3)
 
@@ -257,8 +262,7 @@ def test_diffusion_samples_average_k_chunks_in_one_batch():
     assert policy.config.diffusion.num_samples == k and policy.core.head.num_samples == k
     with pytest.raises(ValueError, match="num_samples"):
         set_diffusion_samples(policy, 0)
-    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
-                 _normalizer())
+    mlp = _small_mlp()
     with pytest.raises(ValueError, match="diffusion head"):
         set_diffusion_samples(mlp, 2)
 
@@ -286,8 +290,7 @@ def test_timestep_spacing_sets_where_ddim_sampling_starts():
     with pytest.raises(ValueError, match="timestep_spacing"):
         Policy({**cfg, "diffusion": {**cfg["diffusion"], "timestep_spacing": "uniform"}}, 12, CAMS, 4, 4,
                _normalizer())
-    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
-                 _normalizer())
+    mlp = _small_mlp()
     with pytest.raises(ValueError, match="diffusion head"):
         set_timestep_spacing(mlp, "trailing")
 
@@ -308,8 +311,7 @@ def test_checkpoint_written_before_timestep_spacing_keeps_its_sampler():
 def test_evaluate_action_steps_override_executes_fewer_actions_per_chunk():
     from s2_policy.jobs.evaluate import set_action_steps
 
-    p = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
-               _normalizer()).eval()
+    p = _small_mlp().eval()
     feats, state = torch.randn(1, 2, 2, 12), np.zeros((1, 2, 4), np.float32)
     full = p.predict_from_features(feats, state)
     assert set_action_steps(p, 2) == 2 and p.n_action_steps == 2
@@ -384,8 +386,7 @@ def test_policy_ties_each_env_chunk_to_its_previous_one():
     assert "prior" not in seen[-1] and not p._last_chunks             # off: chunks sampled on their own
     with pytest.raises(ValueError, match="inpaint"):
         set_inpaint(p, "always")
-    mlp = Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,
-                 _normalizer())
+    mlp = _small_mlp()
     with pytest.raises(ValueError, match="diffusion head"):
         set_inpaint(mlp, "plan")
 

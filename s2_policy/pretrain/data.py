@@ -118,19 +118,18 @@ class FrameConfig:
         content identity (episode ends, image shapes, first and last frame of every episode:
         :func:`~s2_policy.data.feature_cache.store_identity`); this opens the stores and checks their cameras.
         """
-        if not self.stores:
-            fields = asdict(self)
-            del fields["stores"]
-        else:
-            fields = {k: getattr(self, k) for k in STORE_SETTINGS}
-        if not self.tile_scales:  # left out while empty, so caches made before it existed keep their key
-            del fields["tile_scales"]
         if self.stores:
+            fields = {k: getattr(self, k) for k in STORE_SETTINGS}
             fields["stores"] = [
                 [str(store.path.resolve()), store_identity(store, self.cameras)]
                 for store in open_frame_stores(self)
             ]
             fields["source"] = "stores"
+        else:
+            fields = asdict(self)
+            del fields["stores"]
+        if not self.tile_scales:  # left out while empty, so caches made before it existed keep their key
+            del fields["tile_scales"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -262,7 +262,7 @@ def run_pretraining(cfg: DictConfig) -> Path:
         "frames": frame_cfg.key(),
         "frame_sources": list(frame_cfg.stores or frame_cfg.tasks),  # stores, else the rendered tasks
         # the S2 scales whose views it was trained on (1: whole frames); others are unseen zooms for it
-        "scales": [1, *frame_cfg.scales()] if frame_cfg.tiles_per_frame else [1],
+        "scales": sorted({1, *frame_cfg.scales()}) if frame_cfg.tiles_per_frame else [1],
     }
     path = export_encoder(model, cfg.export.path, dtype=str(cfg.export.dtype), meta=meta)
     from s2_policy.pretrain.viz import plot_loss, plot_reconstructions
