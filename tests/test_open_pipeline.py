@@ -16,6 +16,7 @@ import zarr
 from omegaconf import OmegaConf
 
 from envs.spec import TaskSpec
+from s2_policy.data.feature_cache import FeatureCache
 from s2_policy.policies.config import PolicyConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_main_job_trains_and_evaluates_on_a_users_store_and_env(tmp_path):
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "train_policy.py"), "--config-dir", str(cfg_dir), "task=user_reach",
            "encoder=s2p-nano", "s2=single", "train=smoke", "train.steps=60", "policy.horizon=4",
-           "policy.n_action_steps=2", "eval.n_episodes=6", "eval.n_videos=0",
+           "policy.n_action_steps=2", "eval.n_episodes=6", "eval.n_videos=0", "data.augment.copies=1",
            f"cache.dir={tmp_path / 'caches'}", f"hydra.run.dir={run_dir}"]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
@@ -121,7 +122,10 @@ def test_main_job_trains_and_evaluates_on_a_users_store_and_env(tmp_path):
     assert roll["success_rate"] >= 0.5   # the demos always push right: the policy must learn that
     # the store was only read; its feature cache went to cache.dir, nothing was written beside the store
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
-    assert list((tmp_path / "caches").glob("*.zarr")) and not (tmp_path / "user.zarr.features").exists()
+    caches = sorted(tmp_path.joinpath("caches").glob("*.zarr"))
+    assert len(caches) == 2 and not (tmp_path / "user.zarr.features").exists()   # clean + 1 shifted copy
+    assert sorted(str(FeatureCache(c).augment) for c in caches) == [
+        "None", "shift0.0625-copy1-seed0"]
     assert not dict(zarr.open_group(str(store), mode="r").attrs)
 
 
@@ -181,7 +185,8 @@ def test_policy_config_round_trip_and_errors():
 def test_config_mistakes_fail_at_once(tmp_path):
     """Wrong keys/values in any group fail before collection, with one line and exit status 2 (or hydra's)."""
     for override, needle in (("encoder.pooling=token", "pooling"), ("encoder.backbone=vit_nope", "vit_nope"),
-                             ("policy.mlp.hiden_dim=3", "hiden_dim"), ("task.seeds.test=5", "overlapping")):
+                             ("policy.mlp.hiden_dim=3", "hiden_dim"), ("task.seeds.test=5", "overlapping"),
+                             ("data.augment.max_shift=0.9", "max_shift")):
         cmd = [sys.executable, str(REPO / "train_policy.py"), override,
                f"task.demos.path={tmp_path / 'never.zarr'}", f"hydra.run.dir={tmp_path / 'run'}"]
         res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)

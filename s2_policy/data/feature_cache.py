@@ -18,6 +18,10 @@ there, and the finished cache is renamed into place with ``os.replace``. An inte
 (``filelock``) serialises concurrent writers (e.g. several training processes): the second waits for the
 first (at most ``lock_timeout_s``) and then uses its finished cache.
 
+``augment`` (a :class:`~s2_policy.data.augment.FrameShift`) builds the cache of one shifted copy of every
+frame (training-time augmentation, ``data.augment``); its description joins the key, so the clean cache and
+each copy sit side by side.
+
 Each chunk carries a crc32c checksum and every chunk is written, so a corrupt or missing chunk raises
 :class:`~s2_policy.data.integrity.StoreIntegrityError` naming the camera array and chunk.
 """
@@ -43,6 +47,7 @@ import zarr
 import zarr.codecs
 from tqdm.auto import tqdm
 
+from s2_policy.data.augment import FrameShift
 from s2_policy.data.integrity import CHECKSUM, checksum_codecs, open_group
 from s2_policy.data.store import ReplayStore
 
@@ -67,8 +72,9 @@ def store_identity(store: ReplayStore, cameras: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _cache_key(fingerprint: str, cameras: Sequence[str], store_id: str) -> str:
-    blob = json.dumps({"v": FORMAT_VERSION, "fp": fingerprint, "cams": list(cameras), "store": store_id})
+def _cache_key(fingerprint: str, cameras: Sequence[str], store_id: str, augment: str | None = None) -> str:
+    ident = {"v": FORMAT_VERSION, "fp": fingerprint, "cams": list(cameras), "store": store_id}
+    blob = json.dumps(ident if augment is None else {**ident, "augment": augment})  # clean keys unchanged
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -92,6 +98,7 @@ class FeatureCache:
         self.key: str = attrs["key"]
         self.fingerprint: str = attrs["fingerprint"]
         self.store_id: str = attrs["store_id"]
+        self.augment: str | None = attrs.get("augment")  # the FrameShift key of a shifted copy; None: clean
         self.cameras: list[str] = list(attrs["cameras"])
         self.out_dim: int = int(attrs["out_dim"])
         self.episode_ends = np.asarray(attrs["episode_ends"], dtype=np.int64)
@@ -158,6 +165,7 @@ def ensure_feature_cache(
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     rank: int = 0,
     world: int = 1,
+    augment: FrameShift | None = None,
 ) -> FeatureCache:
     """Return the feature cache of ``store_path`` for ``encoder``; encode (or finish encoding) it if needed.
 
@@ -171,6 +179,8 @@ def ensure_feature_cache(
     With ``world > 1`` (DDP: every rank calls this with its ``rank``; ``torch.distributed`` initialised) each
     rank encodes one chunk-aligned shard of the frames into its own partial store, and rank 0 assembles the
     shards into the cache; all ranks return it.
+
+    ``augment`` encodes every frame after that shift (one cached augmentation copy; see the module docstring).
     """
     if not 0 <= rank < world:
         raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
@@ -190,7 +200,7 @@ def ensure_feature_cache(
 
         fingerprint = encoder_fingerprint(encoder)
     store_id = store_identity(store, cameras)
-    key = _cache_key(fingerprint, cameras, store_id)
+    key = _cache_key(fingerprint, cameras, store_id, augment.key if augment is not None else None)
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(f"{store.path}.features")
     final = cache_dir / f"{key}.zarr"
     if final.exists():  # a finished cache is only read: it may sit in a read-only folder
@@ -201,11 +211,12 @@ def ensure_feature_cache(
         raise ValueError(f"cannot create the feature cache folder {cache_dir} ({e.strerror}); when the "
                          "store's folder is read-only, put the cache elsewhere: cache.dir=<writable folder> "
                          "(train_policy.py) or cache_dir=... (ensure_feature_cache)") from e
-    ident = {"key": key, "fingerprint": fingerprint, "store_id": store_id}
+    ident = {"key": key, "fingerprint": fingerprint, "store_id": store_id,
+             "augment": augment.key if augment is not None else None}
     if world > 1:
         shards = [_shard_range(store.n_frames, r, world, batch_size) for r in range(world)]
         _encode_into(cache_dir / f"{key}.shard{rank}of{world}.partial", store, encoder, cameras, batch_size,
-                     progress and rank == 0, ident, shards[rank])
+                     progress and rank == 0, ident, shards[rank], augment)
         dist.barrier()
         if rank == 0:
             with _cache_lock(cache_dir, key, final, lock_timeout_s):
@@ -216,7 +227,7 @@ def ensure_feature_cache(
     with _cache_lock(cache_dir, key, final, lock_timeout_s):
         if not final.exists():
             partial = cache_dir / f"{key}.zarr.partial"
-            _encode_into(partial, store, encoder, cameras, batch_size, progress, ident)
+            _encode_into(partial, store, encoder, cameras, batch_size, progress, ident, augment=augment)
             os.replace(partial, final)
     return FeatureCache(final)
 
@@ -278,14 +289,16 @@ def _encode_into(
     cameras: list[str],
     batch_size: int,
     progress: bool,
-    ident: dict[str, str],
+    ident: dict[str, Any],
     frames: range | None = None,
+    augment: FrameShift | None = None,
 ) -> None:
     """Encode frames ``frames`` (default: all) of every camera into ``partial`` (created or resumed; its
     arrays hold ``len(frames)`` rows, row ``t`` = store frame ``frames.start + t``).
 
     Per-frame feature arrays are created from the first batch's output: (out_dim,) for pooled encoders,
-    (tokens, out_dim) for ``pooling="tokens"``. The next batch's frames are read while this one encodes.
+    (tokens, out_dim) for ``pooling="tokens"``. The next batch's frames are read (and shifted, with
+    ``augment``) while this one encodes.
     """
     frames = frames if frames is not None else range(store.n_frames)
     lo, n, out_dim = frames.start, len(frames), int(encoder.out_dim)
@@ -314,15 +327,20 @@ def _encode_into(
     arrays = [store[c] for c in cameras]
 
     def read(i: int) -> list[np.ndarray]:
-        return [np.ascontiguousarray(a[lo + i : lo + min(i + batch_size, n)]) for a in arrays]
+        batch = [np.ascontiguousarray(a[lo + i : lo + min(i + batch_size, n)]) for a in arrays]
+        if augment is None:
+            return batch
+        index = np.arange(lo + i, lo + i + len(batch[0]))
+        return [augment(x, index) for x in batch]
 
+    desc = "feature cache" + (f" ({augment.key})" if augment else "")
     was_training = encoder.training
     encoder.eval()
     try:
         with (
             ThreadPoolExecutor(max_workers=1) as reader,
             torch.inference_mode(),
-            tqdm(total=n, initial=start, unit="frame", desc="feature cache", disable=not progress) as bar,
+            tqdm(total=n, initial=start, unit="frame", desc=desc, disable=not progress) as bar,
         ):
             pending = reader.submit(read, start) if start < n else None
             for i in range(start, n, batch_size):

@@ -79,6 +79,11 @@ class SequenceDataset(Dataset):
     the batch once per camera; :meth:`get_batch` returns the batch already collated. ``images_in_memory``
     decodes every committed frame of the image arrays once, at construction (``N x H x W x 3`` bytes per
     camera; DataLoader workers started by fork share it copy-on-write, spawned workers each get a copy).
+
+    ``augmented_features`` (training split, with ``features``): caches of shifted copies of the same frames
+    (``s2_policy.data.augment``); each observation frame of a batch is then read from the clean cache or one
+    of the copies, drawn uniformly with torch's generator (so ``seed_everything`` makes it reproducible). The
+    validation dataset reads the clean features only.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class SequenceDataset(Dataset):
         use_store_split: bool = True,
         n_episodes: int | None = None,
         images_in_memory: bool = False,
+        augmented_features: Sequence[FeatureCache] = (),
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -141,8 +147,14 @@ class SequenceDataset(Dataset):
                 f"{self.store_path} has no data/{missing[0]} (keys: {store.keys()}); "
                 "check cameras/state_key/action_key"
             )
-        if features is not None:
-            features.check_matches(store, keys)
+        if augmented_features and features is None:
+            raise ValueError("augmented_features needs features= (the clean cache of the same frames)")
+        if augmented_features and split != "train":
+            raise ValueError("augmented_features is for the training split; validation reads clean features")
+        self.augmented_features = list(augmented_features)
+        for cache in [features, *self.augmented_features]:
+            if cache is not None:
+                cache.check_matches(store, keys)
 
         self.train_episodes, self.val_episodes = self._split(store)
         self.episodes = self.train_episodes if split == "train" else self.val_episodes
@@ -229,9 +241,12 @@ class SequenceDataset(Dataset):
         t = self.batch_frame_indices(indices)
         obs_t = t[:, : self.n_obs_steps]
         flat = obs_t.reshape(-1)
+        version = self._draw_versions(len(flat))
         obs: dict[str, torch.Tensor] = {}
         for cam, key in self.camera_keys.items():
-            if self.features is not None:
+            if version is not None:
+                frames = self._read_versions(key, flat, version)
+            elif self.features is not None:
                 frames = self.features.get(key)[flat]
             elif self.images_in_memory:
                 frames = self._images[key][flat]
@@ -241,6 +256,22 @@ class SequenceDataset(Dataset):
         if self._state is not None:
             obs["state"] = torch.from_numpy(self._state[obs_t])
         return {"obs": obs, "action": torch.from_numpy(self._action[t])}
+
+    def _draw_versions(self, n: int) -> np.ndarray | None:
+        """Which cached version (0 = clean, k = shifted copy k) each of ``n`` frames is read from."""
+        if not self.augmented_features:
+            return None
+        return torch.randint(0, 1 + len(self.augmented_features), (n,)).numpy()
+
+    def _read_versions(self, key: str, flat: np.ndarray, version: np.ndarray) -> np.ndarray:
+        caches = [self.features, *self.augmented_features]
+        first = caches[0].get(key)
+        out = np.empty((len(flat), *first.shape[1:]), dtype=first.dtype)
+        for k, cache in enumerate(caches):
+            sel = version == k
+            if sel.any():
+                out[sel] = cache.get(key)[flat[sel]]
+        return out
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The windows of a batch as a list of ``ds[i]``-shaped dicts (views into one batch read), so that
@@ -307,5 +338,6 @@ class SequenceDataset(Dataset):
             f"SequenceDataset({str(self.store_path)!r}, split={self.split!r}, episodes={len(self.episodes)}, "
             f"windows={len(self)}, horizon={self.horizon}, To={self.n_obs_steps}, Ta={self.n_action_steps}, "
             f"features={'yes' if self.features is not None else 'no'}, "
+            f"augmented copies={len(self.augmented_features)}, "
             f"images_in_memory={self.images_in_memory})"
         )

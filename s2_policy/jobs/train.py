@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.spec import TaskSpec
 from s2_policy.collect import collect_demos
+from s2_policy.data.augment import AugmentConfig
 from s2_policy.data.feature_cache import ensure_feature_cache
 from s2_policy.data.sequence import SequenceDataset
 from s2_policy.data.store import ReplayStore
@@ -85,6 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                        **OmegaConf.to_container(cfg.s2, resolve=True)}, device=cfg.device)
     train_cfg = TrainConfig.from_mapping({**OmegaConf.to_container(cfg.train, resolve=True),
                                           "seed": int(cfg.seed), "device": cfg.device})
+    augment = AugmentConfig.from_dict(OmegaConf.to_container(cfg.data.augment, resolve=True))
     ev = cfg.eval
     do_eval = _eval_enabled(cfg, task)
     periodic = do_eval and train_cfg.rollout_every > 0
@@ -120,6 +122,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     world = dist.get_world_size() if dist.is_initialized() else 1
     cache = ensure_feature_cache(store_path, encoder, store_keys, batch_size=cfg.cache.batch_size,
                                  cache_dir=cfg.cache.dir, rank=rank, world=world)
+    copies = [ensure_feature_cache(store_path, encoder, store_keys, batch_size=cfg.cache.batch_size,
+                                   cache_dir=cfg.cache.dir, rank=rank, world=world, augment=shift)
+              for shift in augment.shifts()]
     timings["feature_cache_s"] = time.perf_counter() - t
 
     # 3. data, normaliser, policy
@@ -129,7 +134,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          n_action_steps=policy_cfg.n_action_steps, split="train",
                          val_ratio=cfg.data.val_ratio,
                          seed=cfg.data.split_seed, max_train_episodes=cfg.data.max_train_episodes,
-                         features=cache, n_episodes=task.demos.n_episodes)
+                         features=cache, n_episodes=task.demos.n_episodes, augmented_features=copies)
     val = ds.get_validation_dataset()
     low = ds.low_dim_arrays()
     norm = LinearNormalizer().fit({"state": low["state"], "action": low["action"]},
