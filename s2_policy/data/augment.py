@@ -12,7 +12,7 @@ same features, and the copy's description goes into the cache key.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,10 +45,6 @@ class AugmentConfig:
         if unknown:
             raise ValueError(f"data.augment has no field {unknown[0]!r}; known: {known}")
         return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (result.json)."""
-        return asdict(self)
 
     def shifts(self) -> list[FrameShift]:
         """One :class:`FrameShift` per cached copy (copy 0 is the clean frame and has none)."""
