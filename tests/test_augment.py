@@ -108,6 +108,12 @@ def test_training_batches_draw_clean_and_shifted_frames_validation_only_clean(tm
                                   clean.get("front")[val.batch_frame_indices(v)[:, :2]])
     with pytest.raises(ValueError, match="needs features="):
         SequenceDataset(store.path, cameras=["front"], horizon=8, augmented_features=copies)
+    other = ensure_feature_cache(store.path, enc, ["front"], augment=FrameShift(0.25, copy=1),
+                                 batch_size=32, progress=False, fingerprint="fp-other-encoder")
+    for wrong, why in ((clean, "a clean cache"), (other, "from another encoder")):
+        with pytest.raises(ValueError, match=why):
+            SequenceDataset(store.path, cameras=["front"], horizon=8, features=clean,
+                            augmented_features=[*copies, wrong])
     with pytest.raises(ValueError, match="training split"):
         SequenceDataset(store.path, cameras=["front"], horizon=8, split="val", features=clean,
                         augmented_features=copies)

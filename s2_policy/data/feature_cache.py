@@ -200,7 +200,8 @@ def ensure_feature_cache(
 
         fingerprint = encoder_fingerprint(encoder)
     store_id = store_identity(store, cameras)
-    key = _cache_key(fingerprint, cameras, store_id, augment.key if augment is not None else None)
+    augment_key = augment.key if augment is not None else None
+    key = _cache_key(fingerprint, cameras, store_id, augment_key)
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(f"{store.path}.features")
     final = cache_dir / f"{key}.zarr"
     if final.exists():  # a finished cache is only read: it may sit in a read-only folder
@@ -211,8 +212,7 @@ def ensure_feature_cache(
         raise ValueError(f"cannot create the feature cache folder {cache_dir} ({e.strerror}); when the "
                          "store's folder is read-only, put the cache elsewhere: cache.dir=<writable folder> "
                          "(train_policy.py) or cache_dir=... (ensure_feature_cache)") from e
-    ident = {"key": key, "fingerprint": fingerprint, "store_id": store_id,
-             "augment": augment.key if augment is not None else None}
+    ident = {"key": key, "fingerprint": fingerprint, "store_id": store_id, "augment": augment_key}
     if world > 1:
         shards = [_shard_range(store.n_frames, r, world, batch_size) for r in range(world)]
         _encode_into(cache_dir / f"{key}.shard{rank}of{world}.partial", store, encoder, cameras, batch_size,

@@ -152,6 +152,12 @@ class SequenceDataset(Dataset):
         if augmented_features and split != "train":
             raise ValueError("augmented_features is for the training split; validation reads clean features")
         self.augmented_features = list(augmented_features)
+        for cache in self.augmented_features:
+            if cache.augment is None or cache.fingerprint != features.fingerprint:
+                raise ValueError(
+                    f"augmented_features must be shifted copies made by the same encoder as features=; "
+                    f"{cache.path} is {'a clean cache' if cache.augment is None else 'from another encoder'}"
+                    " (build them with ensure_feature_cache(..., augment=FrameShift(...)) and this encoder)")
         for cache in [features, *self.augmented_features]:
             if cache is not None:
                 cache.check_matches(store, keys)
