@@ -103,12 +103,17 @@ class DemoSpec:
         expert: ``module:function`` that takes the env and returns an object with ``reset(seed)`` and
             ``act(obs) -> action`` (the project's tasks: ``envs.experts:make_expert``).
         state_key, action_key: the store arrays ``data/<key>`` holding the state and the actions.
+        action_noise: ``expert`` only: Gaussian noise added to every executed action, its SD in units of the
+            action space's half-range; the store keeps the expert's clean action as the label, so the
+            demos visit states off the expert's path and show its correction from them (DART, Laskey et
+            al. 2017). 0: the expert's own actions are executed.
     """
 
     source: str = "expert"
     path: str = "???"
     n_episodes: int | None = None
     expert: str = "envs.experts:make_expert"
+    action_noise: float = 0.0
     state_key: str = "state"
     action_key: str = "action"
 
@@ -204,6 +209,9 @@ class TaskSpec:
                 raise bad("demos.n_episodes", "is needed with source: expert (how many demos to collect)")
             if ":" not in d.expert:
                 raise bad("demos.expert", f"={d.expert!r} must be 'module:function'")
+        if not 0.0 <= d.action_noise < 1.0:
+            raise bad("demos.action_noise", f"={d.action_noise} must be in [0, 1) (SD as a fraction of the "
+                                            "action half-range), e.g. 0.1")
         if self.env is not None:
             e = self.env
             if not e.id or e.id == "???":

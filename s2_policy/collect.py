@@ -37,16 +37,25 @@ def episode_seed(seed: int, k: int) -> int:
     return seed * SEED_STRIDE + k
 
 
+def action_noise_rng(seed: int) -> np.random.Generator:
+    """The generator of episode ``seed``'s execution noise (``demos.action_noise``): reproducible per episode,
+    whichever worker runs it."""
+    return np.random.default_rng([seed, 0xDA27])
+
+
 def _init_worker(spec: TaskSpec) -> None:
     env = make_env(spec)
-    _WORKER.update(env=env, expert=make_expert(spec, env))
+    _WORKER.update(env=env, expert=make_expert(spec, env), action_noise=spec.demos.action_noise)
 
 
 def _run_episode(seed: int) -> tuple[int, bool, int, dict[str, np.ndarray] | None]:
-    """One expert episode: (seed, success, length, frames-or-None). Frames pair each obs with its action."""
-    env, expert = _WORKER["env"], _WORKER["expert"]
+    """One expert episode: (seed, success, length, frames-or-None). Frames pair each obs with the expert's
+    action; with ``demos.action_noise`` the env executes a noisy copy of it (seeded by the episode seed)."""
+    env, expert, noise = _WORKER["env"], _WORKER["expert"], _WORKER["action_noise"]
     obs, info = env.reset(seed=seed)
     expert.reset(seed=seed)
+    rng = action_noise_rng(seed)
+    low, high = np.asarray(env.action_space.low), np.asarray(env.action_space.high)
     frames: dict[str, list[np.ndarray]] = {k: [] for k in (*obs, "action")}
     done = False
     while not done:
@@ -54,7 +63,11 @@ def _run_episode(seed: int) -> tuple[int, bool, int, dict[str, np.ndarray] | Non
         for k, v in obs.items():
             frames[k].append(v)
         frames["action"].append(action)
-        obs, _, terminated, truncated, info = env.step(action)
+        if noise > 0:
+            executed = action + noise * (high - low) / 2 * rng.standard_normal(np.shape(action))
+            obs, _, terminated, truncated, info = env.step(np.clip(executed, low, high).astype(action.dtype))
+        else:
+            obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     success = bool(info["is_success"])
     length = len(frames["action"])
@@ -96,6 +109,7 @@ def _store_attrs(spec: TaskSpec) -> dict[str, Any]:
             "state": getattr(u, "state_meaning", None),
             "env_fingerprint": _env_fingerprint(env, spec),
             "expert": spec.demos.expert,
+            "action_noise": spec.demos.action_noise,
             "seed": spec.seeds.demo,
             "seed_rule": f"episode k uses env/expert seed {SEED_STRIDE} * seed + k",
         }
@@ -103,13 +117,16 @@ def _store_attrs(spec: TaskSpec) -> dict[str, Any]:
         env.close()
 
 
-_MUST_MATCH = ("env_id", "env_fingerprint", "cameras", "image_sizes", "control_hz", "action_space", "seed")
+_MUST_MATCH = ("env_id", "env_fingerprint", "cameras", "image_sizes", "control_hz", "action_space", "seed",
+               "action_noise")
+_ABSENT_MEANS = {"action_noise": 0.0}  # stores written before the attribute existed
 
 
 def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    old = {**_ABSENT_MEANS, **old}
     diff = [k for k in _MUST_MATCH if old.get(k) != new[k]]
     if diff:
-        detail = "; ".join(f"{k}: store has {old[k]!r}, config gives {new[k]!r}" for k in diff)
+        detail = "; ".join(f"{k}: store has {old.get(k)!r}, config gives {new[k]!r}" for k in diff)
         raise ValueError(
             f"{path} was collected with different settings ({detail}); "
             "choose another output path (out=...) or delete the store to start over"

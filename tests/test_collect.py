@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tasks import load_task
 
-from s2_policy.collect import collect_demos, episode_seed
+from envs.spec import TaskSpec, make_env, make_expert
+from s2_policy.collect import action_noise_rng, collect_demos, episode_seed
 from s2_policy.data.store import ReplayStore
 
 
@@ -79,6 +80,39 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ReplayStore.open(out, mode="a").update_attrs({"env_fingerprint": "old"})
     with pytest.raises(ValueError, match="env_fingerprint"):
         collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False)
+
+
+def test_noisy_execution_keeps_the_experts_clean_actions(tmp_path):
+    """demos.action_noise (DART): the env executes noisy actions, the store keeps the expert's own."""
+    clean, noisy = tmp_path / "clean.zarr", tmp_path / "noisy.zarr"
+    collect_demos(_cfg(), clean, n_episodes=1, n_workers=0, progress=False)
+    collect_demos(_cfg(**{"demos.action_noise": 0.2}), noisy, n_episodes=1, n_workers=0, progress=False)
+    ep, ref = ReplayStore.open(noisy).get_episode(0), ReplayStore.open(clean).get_episode(0)
+    assert ReplayStore.open(noisy).attrs["action_noise"] == 0.2
+    n = min(len(ep["state"]), len(ref["state"]))
+    assert not np.allclose(ep["state"][:n], ref["state"][:n])          # the noise was executed
+    # Replaying the episode: every stored action is the expert's action at the stored observation, and
+    # stepping with that action plus the episode's noise reproduces the next stored state.
+    spec = TaskSpec.from_config(_cfg(**{"demos.action_noise": 0.2}))
+    env = make_env(spec)
+    expert = make_expert(spec, env)
+    seed = ReplayStore.open(noisy).attrs["episode_seeds"][0]
+    obs, _ = env.reset(seed=seed)
+    expert.reset(seed=seed)
+    low, high = env.action_space.low, env.action_space.high
+    rng, half = action_noise_rng(seed), (high - low) / 2
+    for t in range(len(ep["action"])):
+        np.testing.assert_array_equal(obs["state"], ep["state"][t])
+        action = expert.act(obs)
+        np.testing.assert_array_equal(action, ep["action"][t])
+        executed = action + 0.2 * half * rng.standard_normal(action.shape)
+        obs, *_ = env.step(np.clip(executed, low, high).astype(action.dtype))
+    env.close()
+    # A store is resumed only with the noise it was collected with; the level is validated.
+    with pytest.raises(ValueError, match="action_noise"):
+        collect_demos(_cfg(), noisy, n_episodes=2, n_workers=0, progress=False)
+    with pytest.raises(ValueError, match="demos.action_noise"):
+        TaskSpec.from_config(_cfg(**{"demos.action_noise": 1.5}))
 
 
 def test_episode_seeds_are_disjoint_across_base_seeds():

@@ -96,6 +96,25 @@ def test_unet_shapes_and_horizon_check():
         DiffusionHead(5, 3, 10, DiffusionHeadConfig(down_dims=[16, 32, 64]))
 
 
+def test_unet_film_condition_computed_once_matches_the_concatenated_film():
+    """Sampling reuses the condition's share of every FiLM layer; it must equal Linear(Mish([step, cond]))."""
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(action_dim=3, cond_dim=5, down_dims=(16, 32), n_groups=8, step_embed_dim=16)
+    cond, t = torch.randn(2, 5), torch.tensor([3, 40])
+    step = net.step_emb(t)
+    blocks = net.blocks()
+    assert len(blocks) == 2 * 2 + 2 + 2 * 1     # two per level down, two mid, two per level up
+    for r, fc in zip(blocks, net.film_condition(cond), strict=True):
+        full = r.film(torch.cat([step, cond], dim=-1))             # the FiLM of the saved weights, as trained
+        split = torch.nn.functional.linear(torch.nn.functional.mish(step), r.film[1].weight[:, :16]) + fc
+        torch.testing.assert_close(split, full)
+    x = torch.randn(2, 8, 3)
+    torch.testing.assert_close(net(x, t, film_cond=net.film_condition(cond)), net(x, t, cond))
+    assert net.state_dict()["down.0.0.film.1.weight"].shape == (32, 16 + 5)   # checkpoints keep their layout
+    with pytest.raises(ValueError, match="cond"):
+        net(x, t)
+
+
 def _small_mlp() -> Policy:
     """A small MLP policy over 12-d features of the two cameras (state and action dims 4)."""
     return Policy({"head": "mlp", "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}, 12, CAMS, 4, 4,

@@ -87,8 +87,9 @@ class DiffusionHead(nn.Module):
             noise = x.clone()
         sched = self.infer_scheduler
         sched.set_timesteps(self.num_inference_steps, device=cond.device)
+        film_cond = self.model.film_condition(cond)   # the same at every step: computed once
         for t in sched.timesteps:
             if prior is not None:
                 x = torch.lerp(x, sched.add_noise(prior, noise, t.reshape(1)), w)
-            x = sched.step(self.model(x, t, cond), t, x, eta=0.0).prev_sample
+            x = sched.step(self.model(x, t, film_cond=film_cond), t, x, eta=0.0).prev_sample
         return x.view(b, k, self.horizon, self.action_dim).mean(dim=1) if k > 1 else x

@@ -2,7 +2,10 @@
 
 The noisy action chunk ``(B, T, A)`` is convolved over time; every residual block receives a FiLM
 (per-channel scale and bias) computed from the diffusion-step embedding concatenated with the global
-observation condition.
+observation condition. The FiLM layer is ``Linear(Mish([step, cond]))``; Mish acts per element, so the
+condition's share of it is the same at every denoising step: :meth:`ConditionalUnet1D.film_condition`
+computes it once per query, and sampling reuses it (with an unprojected condition of ~16k features that
+weight is most of the U-Net's bytes, read once instead of once per step).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -42,16 +46,24 @@ class Conv1dBlock(nn.Module):
 class ConditionalResidualBlock1D(nn.Module):
     """Two conv blocks with FiLM (scale, bias) from the condition between them, plus a residual path."""
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel_size: int, n_groups: int) -> None:
+    def __init__(self, c_in: int, c_out: int, step_dim: int, cond_dim: int, kernel_size: int,
+                 n_groups: int) -> None:
         super().__init__()
+        self.step_dim = step_dim
         self.block1 = Conv1dBlock(c_in, c_out, kernel_size, n_groups)
         self.block2 = Conv1dBlock(c_out, c_out, kernel_size, n_groups)
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(step_dim + cond_dim, 2 * c_out))
         self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def film_condition(self, mish_cond: torch.Tensor) -> torch.Tensor:
+        """The condition's share of the FiLM output, bias included: ``(B, 2 * c_out)``."""
+        lin = self.film[1]
+        return F.linear(mish_cond, lin.weight[:, self.step_dim:], lin.bias)
+
+    def forward(self, x: torch.Tensor, mish_step: torch.Tensor, film_cond: torch.Tensor) -> torch.Tensor:
         h = self.block1(x)
-        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        film = F.linear(mish_step, self.film[1].weight[:, :self.step_dim]) + film_cond
+        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)
         h = self.block2(h * (1 + scale) + bias)
         return h + self.residual(x)
 
@@ -74,11 +86,10 @@ class ConditionalUnet1D(nn.Module):
         e = step_embed_dim
         self.step_emb = nn.Sequential(SinusoidalPosEmb(e), nn.Linear(e, 4 * e), nn.Mish(),
                                       nn.Linear(4 * e, e))
-        c = step_embed_dim + cond_dim
         dims = [action_dim, *down_dims]
 
         def res(a: int, b: int) -> ConditionalResidualBlock1D:
-            return ConditionalResidualBlock1D(a, b, c, kernel_size, n_groups)
+            return ConditionalResidualBlock1D(a, b, step_embed_dim, cond_dim, kernel_size, n_groups)
 
         self.down = nn.ModuleList()
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
@@ -93,24 +104,43 @@ class ConditionalUnet1D(nn.Module):
         self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
                                    nn.Conv1d(down_dims[0], action_dim, 1))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
-        """``sample (B, T, A)``, ``timestep`` scalar or ``(B,)``, ``cond (B, cond_dim)`` -> ``(B, T, A)``."""
+    def blocks(self) -> list[ConditionalResidualBlock1D]:
+        """The residual blocks in the order :meth:`forward` runs them."""
+        down = [r for r1, r2, _ in self.down for r in (r1, r2)]
+        up = [r for r1, r2, _ in self.up for r in (r1, r2)]
+        return [*down, *self.mid, *up]
+
+    def film_condition(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        """``cond (B, cond_dim)`` -> every block's share of its FiLM output; the same at every diffusion step,
+        so a sampler computes it once per query and passes it to :meth:`forward` as ``film_cond``."""
+        mish_cond = F.mish(cond)
+        return [r.film_condition(mish_cond) for r in self.blocks()]
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor | None = None,
+                film_cond: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``sample (B, T, A)``, ``timestep`` scalar or ``(B,)``, ``cond (B, cond_dim)`` (or its
+        :meth:`film_condition`) -> ``(B, T, A)``."""
         if sample.shape[1] % (2 ** self.n_down):
             raise ValueError(f"action horizon {sample.shape[1]} must be divisible by {2 ** self.n_down} "
                              f"(2 ** (len(down_dims) - 1)); change horizon or down_dims")
+        if film_cond is None:
+            if cond is None:
+                raise ValueError("ConditionalUnet1D needs cond or its film_condition(cond)")
+            film_cond = self.film_condition(cond)
         b = sample.shape[0]
         t = torch.as_tensor(timestep, device=sample.device)
         t = t.expand(b) if t.ndim == 0 else t
-        c = torch.cat([self.step_emb(t), cond], dim=-1)
+        mish_step = F.mish(self.step_emb(t))
+        fc = iter(film_cond)
         x = sample.transpose(1, 2)
         skips = []
         for r1, r2, down in self.down:
-            x = r2(r1(x, c), c)
+            x = r2(r1(x, mish_step, next(fc)), mish_step, next(fc))
             skips.append(x)
             x = down(x)
         for r in self.mid:
-            x = r(x, c)
+            x = r(x, mish_step, next(fc))
         for r1, r2, up in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = up(r2(r1(x, c), c))
+            x = up(r2(r1(x, mish_step, next(fc)), mish_step, next(fc)))
         return self.final(x).transpose(1, 2)
