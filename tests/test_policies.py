@@ -108,8 +108,25 @@ def test_unet_film_condition_computed_once_matches_the_concatenated_film():
         full = r.film(torch.cat([step, cond], dim=-1))             # the FiLM of the saved weights, as trained
         split = torch.nn.functional.linear(torch.nn.functional.mish(step), r.film[1].weight[:, :16]) + fc
         torch.testing.assert_close(split, full)
+    # The whole forward against the concatenated FiLM run block by block in the U-Net's order (catches a
+    # mismatch between the order film_condition lists the blocks and the order forward consumes them).
+    def film_full(r, h):
+        scale, bias = r.film(torch.cat([step, cond], dim=-1)).unsqueeze(-1).chunk(2, dim=1)
+        return r.block2(r.block1(h) * (1 + scale) + bias) + r.residual(h)
+
     x = torch.randn(2, 8, 3)
-    torch.testing.assert_close(net(x, t, film_cond=net.film_condition(cond)), net(x, t, cond))
+    h, skips = x.transpose(1, 2), []
+    for r1, r2, down in net.down:
+        h = film_full(r2, film_full(r1, h))
+        skips.append(h)
+        h = down(h)
+    for r in net.mid:
+        h = film_full(r, h)
+    for r1, r2, up in net.up:
+        h = up(film_full(r2, film_full(r1, torch.cat([h, skips.pop()], dim=1))))
+    reference = net.final(h).transpose(1, 2)
+    torch.testing.assert_close(net(x, t, cond), reference)
+    torch.testing.assert_close(net(x, t, film_cond=net.film_condition(cond)), reference)
     assert net.state_dict()["down.0.0.film.1.weight"].shape == (32, 16 + 5)   # checkpoints keep their layout
     with pytest.raises(ValueError, match="cond"):
         net(x, t)

@@ -52,6 +52,7 @@ class ConditionalResidualBlock1D(nn.Module):
         self.step_dim = step_dim
         self.block1 = Conv1dBlock(c_in, c_out, kernel_size, n_groups)
         self.block2 = Conv1dBlock(c_out, c_out, kernel_size, n_groups)
+        # kept as one Sequential(Mish, Linear) so checkpoints keep their keys; forward applies it in two parts
         self.film = nn.Sequential(nn.Mish(), nn.Linear(step_dim + cond_dim, 2 * c_out))
         self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
