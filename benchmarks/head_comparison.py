@@ -20,9 +20,12 @@ interrupted sweep resumes where it stopped (a run cut off mid-way starts again).
 (e.g. one with ``--seeds 0 1 2 3 4``, one with ``--seeds 4 3 2 1 0``) without running anything twice. Then
 ``s2_policy.evaluation.compare`` per task against the MLP (training seed as the unit: Welch's t on the
 per-seed rates) and one markdown table: per-seed successes, mean, difference and p against the MLP, the wall
-time of the runs, the CPU and the load average. MetaWorld tasks (``metaworld/<name>``) need the metaworld
-extra (README). Extra overrides apply to every run, e.g. ``-- s2=single`` for the MetaWorld grid's
-single-scale encoder.
+time of the runs, the CPU and the load average, and each head's median validation loss on held-out
+demonstration episodes. With ``-- eval.enabled=false`` the runs only train and the table shows their
+validation losses alone (round thirteen found that these do not tell in advance whether S2 gains in closed
+loop; docs/encoders.md).
+MetaWorld tasks (``metaworld/<name>``) need the metaworld extra (README). Extra overrides apply to every run,
+e.g. ``-- s2=single`` for the MetaWorld grid's single-scale encoder.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -110,25 +114,51 @@ def run_one(out: Path, task: str, head: str, seed: int, extra: list[str]) -> flo
     return wall
 
 
+def _wall(out: Path, task: str, head: str) -> str:
+    walls = [float(p.read_text()) for p in (out / task / head).glob("seed*/wall_s.txt")]
+    lo, hi = (min(walls), max(walls)) if walls else (0.0, 0.0)
+    return "-" if not walls else f"{lo:.0f} s" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f} s"
+
+
+def _val_loss(results: list[dict]) -> str:
+    """Median of ``train.final_val_loss`` (held-out demonstration episodes) over a head's seeds."""
+    losses = [r["train"]["final_val_loss"] for r in results
+              if r.get("train", {}).get("final_val_loss") is not None]
+    return f"{statistics.median(losses):.4f}" if losses else "-"
+
+
 def task_table(out: Path, task: str, heads: list[str], baseline_head: str = "mlp") -> list[str]:
-    """``compare`` over ``heads`` (folder names) of the task under ``out``; markdown rows, baseline first."""
-    results = sorted(str(p) for h in heads for p in (out / task / h).glob("seed*/result.json"))
-    if not results:
-        return []
-    labels = {json.loads(Path(p).read_text())["label"]: p for p in results}
-    baseline = next((lab for lab, p in labels.items() if Path(p).parts[-3] == baseline_head), None)
-    cmp = compare(results, out / task / "compare", baseline=baseline, title=task)
-    base = next((r for r in cmp["rows"] if r["label"] == baseline), None)
+    """``compare`` over ``heads`` (folder names) of the task under ``out``; markdown rows, baseline first.
+
+    Runs trained with evaluation off (``-- eval.enabled=false``) get a row with their validation loss and no
+    successes; ``compare`` sees only the evaluated runs."""
+    by_head = {h: [(p, json.loads(p.read_text())) for p in sorted((out / task / h).glob("seed*/result.json"))]
+               for h in heads}
     rows = []
-    for r in cmp["rows"]:
-        head = Path(labels[r["label"]]).parts[-3] if r["label"] in labels else r["label"]
-        walls = [float(p.read_text()) for p in (out / task / head).glob("seed*/wall_s.txt")]
-        lo, hi = (min(walls), max(walls)) if walls else (0.0, 0.0)
-        wall = "-" if not walls else f"{lo:.0f} s" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f} s"
+    evaluated = [str(p) for h in heads for p, r in by_head[h] if r.get("rollout")]
+    cmp_rows, base = {}, None
+    if evaluated:
+        labels = {json.loads(Path(p).read_text())["label"]: p for p in evaluated}
+        baseline = next((lab for lab, p in labels.items() if Path(p).parts[-3] == baseline_head), None)
+        cmp = compare(evaluated, out / task / "compare", baseline=baseline, title=task)
+        cmp_rows = {Path(labels[r["label"]]).parts[-3]: r for r in cmp["rows"] if r["label"] in labels}
+        base = cmp_rows.get(baseline_head)
+    order = [h for h in heads if h == baseline_head] + [h for h in heads if h != baseline_head]
+    for head in order:
+        runs = [r for _, r in by_head[head]]
+        if not runs:
+            continue
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        r = cmp_rows.get(head)
+        if r is None:   # trained with evaluation off
+            rows.append(f"| {task} | {head} | (not evaluated; seeds {seeds}) | - | | | {_val_loss(runs)} | "
+                        f"{_wall(out, task, head)} |")
+            continue
         diff = "" if base is None or r is base else f"{100 * (r['seed_mean'] - base['seed_mean']):+.1f}"
         p = r.get("p_vs_baseline")
         rows.append(f"| {task} | {head} | {', '.join(map(str, r['seed_successes']))} | "
-                    f"{100 * r['seed_mean']:.1f} % | {diff} | {'' if p is None else f'{p:.3g}'} | {wall} |")
+                    f"{100 * r['seed_mean']:.1f} % | {diff} | {'' if p is None else f'{p:.3g}'} | "
+                    f"{_val_loss([r2 for r2 in runs if r2.get('rollout')])} | {_wall(out, task, head)} |")
     return rows
 
 
@@ -164,8 +194,8 @@ def main() -> None:
     print(f"\nmachine: {cpu_model()}, load average {os.getloadavg()[0]:.2f} at the end; "
           f"extra overrides: {' '.join(extra) or 'none'}\n")
     print(f"| task | head | successes per training seed (of 50 test episodes) | mean | vs {args.baseline} "
-          "(points) | Welch p (seed level) | wall time per run |")
-    print("| --- | --- | --- | ---: | ---: | ---: | --- |")
+          "(points) | Welch p (seed level) | validation loss (median) | wall time per run |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
     for task in args.tasks:
         for row in task_table(args.out, task, names, args.baseline):
             print(row)
