@@ -132,25 +132,25 @@ def task_table(out: Path, task: str, heads: list[str], baseline_head: str = "mlp
 
     Runs trained with evaluation off (``-- eval.enabled=false``) get a row with their validation loss and no
     successes; ``compare`` sees only the evaluated runs."""
-    by_head = {h: [(p, json.loads(p.read_text())) for p in sorted((out / task / h).glob("seed*/result.json"))]
-               for h in heads}
-    rows = []
-    evaluated = [str(p) for h in heads for p, r in by_head[h] if r.get("rollout")]
-    cmp_rows, base = {}, None
+    by_head = {h: [json.loads(p.read_text()) | {"_path": str(p)}
+                   for p in sorted((out / task / h).glob("seed*/result.json"))] for h in heads}
+    evaluated = [(h, r) for h in heads for r in by_head[h] if r.get("rollout")]
+    head_of = {r["label"]: h for h, r in evaluated}   # compare groups runs by label, one label per head
+    cmp_rows = {}
     if evaluated:
-        labels = {json.loads(Path(p).read_text())["label"]: p for p in evaluated}
-        baseline = next((lab for lab, p in labels.items() if Path(p).parts[-3] == baseline_head), None)
-        cmp = compare(evaluated, out / task / "compare", baseline=baseline, title=task)
-        cmp_rows = {Path(labels[r["label"]]).parts[-3]: r for r in cmp["rows"] if r["label"] in labels}
-        base = cmp_rows.get(baseline_head)
-    order = [h for h in heads if h == baseline_head] + [h for h in heads if h != baseline_head]
-    for head in order:
-        runs = [r for _, r in by_head[head]]
+        baseline = next((lab for lab, h in head_of.items() if h == baseline_head), None)
+        paths = [r["_path"] for _, r in evaluated]
+        cmp = compare(paths, out / task / "compare", baseline=baseline, title=task)
+        cmp_rows = {head_of[r["label"]]: r for r in cmp["rows"] if r["label"] in head_of}
+    base = cmp_rows.get(baseline_head)
+    rows = []
+    for head in [baseline_head, *(h for h in heads if h != baseline_head)]:
+        runs = by_head.get(head, [])
+        r = cmp_rows.get(head)
         if not runs:
             continue
-        seeds = ", ".join(str(r["seed"]) for r in runs)
-        r = cmp_rows.get(head)
         if r is None:   # trained with evaluation off
+            seeds = ", ".join(str(run["seed"]) for run in runs)
             rows.append(f"| {task} | {head} | (not evaluated; seeds {seeds}) | - | | | {_val_loss(runs)} | "
                         f"{_wall(out, task, head)} |")
             continue
@@ -158,7 +158,7 @@ def task_table(out: Path, task: str, heads: list[str], baseline_head: str = "mlp
         p = r.get("p_vs_baseline")
         rows.append(f"| {task} | {head} | {', '.join(map(str, r['seed_successes']))} | "
                     f"{100 * r['seed_mean']:.1f} % | {diff} | {'' if p is None else f'{p:.3g}'} | "
-                    f"{_val_loss([r2 for r2 in runs if r2.get('rollout')])} | {_wall(out, task, head)} |")
+                    f"{_val_loss([run for run in runs if run.get('rollout')])} | {_wall(out, task, head)} |")
     return rows
 
 
