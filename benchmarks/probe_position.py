@@ -62,25 +62,47 @@ def encode(cfg_kwargs: dict, frames: np.ndarray, batch: int = 256) -> np.ndarray
     ).astype(np.float64)
 
 
+def ridge_predict(
+    feats: np.ndarray,
+    y: np.ndarray,
+    split: np.ndarray,
+    alphas: tuple[float, ...] = (1e-2, 1e-1, 1, 10, 100, 1e3),
+) -> tuple[np.ndarray, float]:
+    """Ridge on standardised features: fit on split 0, pick alpha on split 1, predict split 2.
+
+    Solved in the dual (an n x n system) when there are more features than training rows, e.g. a policy's
+    token features (tens of thousands), in the primal otherwise. Returns (test predictions, chosen alpha).
+    """
+    tr, va, te = (split == k for k in range(3))
+    mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-6
+    x = np.concatenate([(feats - mu) / sd, np.ones((len(feats), 1))], axis=1)
+    y_mu = y[tr].mean(0)
+    yc = y[tr] - y_mu
+    if x.shape[1] > tr.sum():  # dual: w = X^T (X X^T + alpha I)^-1 y
+        gram = x[tr] @ x[tr].T
+
+        def predict(alpha: float, rows: np.ndarray) -> np.ndarray:
+            coef = np.linalg.solve(gram + alpha * np.eye(len(gram)), yc)
+            return (x[rows] @ x[tr].T) @ coef + y_mu
+    else:
+        cov, xty = x[tr].T @ x[tr], x[tr].T @ yc
+
+        def predict(alpha: float, rows: np.ndarray) -> np.ndarray:
+            return x[rows] @ np.linalg.solve(cov + alpha * np.eye(len(cov)), xty) + y_mu
+
+    best = min(alphas, key=lambda a: float(((predict(a, va) - y[va]) ** 2).mean()))
+    return predict(best, te), best
+
+
 def ridge_probe(
     feats: np.ndarray,
     y: np.ndarray,
     split: np.ndarray,
     alphas: tuple[float, ...] = (1e-2, 1e-1, 1, 10, 100, 1e3),
 ) -> dict[str, float]:
-    """Fit ridge on split 0, choose alpha on split 1, report on split 2 (R^2 per axis, mean error in cm)."""
-    tr, va, te = (split == k for k in range(3))
-    mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-6
-    x = (feats - mu) / sd
-    x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    y_mu = y[tr].mean(0)
-
-    def fit(alpha: float) -> np.ndarray:
-        a = x[tr].T @ x[tr] + alpha * np.eye(x.shape[1])
-        return np.linalg.solve(a, x[tr].T @ (y[tr] - y_mu))
-
-    best = min(alphas, key=lambda a: float(((x[va] @ fit(a) + y_mu - y[va]) ** 2).mean()))
-    pred = x[te] @ fit(best) + y_mu
+    """:func:`ridge_predict` of a 3-D position; R^2 per axis and mean error in cm on the test split."""
+    te = split == 2
+    pred, best = ridge_predict(feats, y, split, alphas)
     r2 = 1 - ((pred - y[te]) ** 2).sum(0) / ((y[te] - y[te].mean(0)) ** 2).sum(0)
     err_cm = 100 * np.linalg.norm(pred - y[te], axis=1)
     return {"r2_x": r2[0], "r2_y": r2[1], "r2_z": r2[2], "err_cm": err_cm.mean(), "alpha": best}

@@ -107,6 +107,8 @@ def _store_attrs(spec: TaskSpec) -> dict[str, Any]:
                 "meaning": getattr(u, "action_meaning", None),
             },
             "state": getattr(u, "state_meaning", None),
+            "state_keys": list(spec.env.state_keys),
+            "state_dim": int(obs_space["state"].shape[0]),
             "env_fingerprint": _env_fingerprint(env, spec),
             "expert": spec.demos.expert,
             "action_noise": spec.demos.action_noise,
@@ -118,17 +120,23 @@ def _store_attrs(spec: TaskSpec) -> dict[str, Any]:
 
 
 _MUST_MATCH = ("env_id", "env_fingerprint", "cameras", "image_sizes", "control_hz", "action_space", "seed",
-               "action_noise")
+               "action_noise", "state_dim")
 _ABSENT_MEANS = {"action_noise": 0.0}  # stores written before the attribute existed
 
 
-def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
-    old = {**_ABSENT_MEANS, **old}
+def _check_resume(path: Path, store: ReplayStore, new: dict[str, Any]) -> None:
+    """The store at ``path`` must have been collected with the settings ``new`` describes (ValueError)."""
+    # stores written before ``state_dim`` was recorded: their state array says it
+    width = {"state_dim": int(store["state"].shape[1])} if "state" in store else {}
+    old = {**_ABSENT_MEANS, **width, **store.attrs}
     diff = [k for k in _MUST_MATCH if old.get(k) != new[k]]
     if diff:
         detail = "; ".join(f"{k}: store has {old.get(k)!r}, config gives {new[k]!r}" for k in diff)
+        hint = (" (the task's env.state_keys changed: a store keeps the state it was collected with, so give "
+                "the new state its own store, e.g. task.demos.path=datasets/<name>_<state>.zarr)"
+                if "state_dim" in diff else "")
         raise ValueError(
-            f"{path} was collected with different settings ({detail}); "
+            f"{path} was collected with different settings ({detail}){hint}; "
             "choose another output path (out=...) or delete the store to start over"
         )
 
@@ -136,7 +144,7 @@ def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
 def _already_full(spec: TaskSpec, path: Path, n_episodes: int) -> bool:
     """True when the store at ``path`` matches this task (else ValueError) and is full."""
     store = ReplayStore.open(path, mode="r")
-    _check_resume(path, store.attrs, _store_attrs(spec))
+    _check_resume(path, store, _store_attrs(spec))
     if store.n_episodes >= n_episodes:
         log.info("%s already holds %d episodes (asked for %d)", path, store.n_episodes, n_episodes)
         return True
@@ -263,7 +271,7 @@ def _collect(
     attrs = _store_attrs(spec)
     if path.exists():
         store = ReplayStore.open(path, mode="a")
-        _check_resume(path, store.attrs, attrs)
+        _check_resume(path, store, attrs)
     else:
         store = ReplayStore.create(path, attrs={**attrs, "episode_seeds": [], "failed_seeds": []})
     # Seeds are recorded just before each append: entries past n_episodes were never committed.

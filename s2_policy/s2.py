@@ -9,8 +9,10 @@ scale's tiles, concatenated over scales and prepended.
 
 Differences from s2wrapper: all scales whose tiles share a size go through ``model`` in ONE call, inputs and
 scales may be non-square (``(h, w)`` pairs; token grids follow the tile's aspect ratio), and bad arguments
-raise ``ValueError`` instead of asserting. The geometry lives in a cached :class:`TilingPlan` so the encoder
-and the real-time loop reuse one implementation; tiles are cut with reshape/permute, never a per-tile loop.
+raise ``ValueError`` instead of asserting. A plan may also resize with antialiasing
+(``TilingPlan.build(..., antialias=True)``, ``EncoderConfig.scale_antialias``; ``multiscale_forward`` keeps
+s2wrapper's plain bicubic). The geometry lives in a cached :class:`TilingPlan` so the encoder and the
+real-time loop reuse one implementation; tiles are cut with reshape/permute, never a per-tile loop.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 Size = int | tuple[int, int]
 HW = tuple[int, int]
 
-__all__ = ["ScaleTiling", "TilingPlan", "get_plan", "multiscale_forward", "token_grid"]
+__all__ = ["ScaleTiling", "TilingPlan", "antialias_matrix", "get_plan", "multiscale_forward", "token_grid"]
 
 
 def _pair(value: Size | Sequence[int], name: str) -> HW:
@@ -90,6 +92,7 @@ class TilingPlan:
     scales: tuple[ScaleTiling, ...]
     resize_output_to_idx: int
     groups: tuple[tuple[HW, tuple[int, ...]], ...]
+    antialias: bool = False
 
     @classmethod
     def build(
@@ -98,8 +101,13 @@ class TilingPlan:
         img_sizes: Sequence[Size],
         max_split_size: Size | None = None,
         resize_output_to_idx: int = 0,
+        antialias: bool = False,
     ) -> TilingPlan:
-        """Plan for inputs of ``input_size``; ``max_split_size`` defaults to the input size (as s2wrapper)."""
+        """Plan for inputs of ``input_size``; ``max_split_size`` defaults to the input size (as s2wrapper).
+
+        ``antialias``: scales smaller than the input are bicubic resizes with antialiasing (a low-pass filter
+        first) instead of s2wrapper's plain bicubic, which samples a 2x-larger input sparsely and aliases
+        parts a few pixels wide (``EncoderConfig.scale_antialias``)."""
         in_hw = _pair(input_size, "input size")
         if img_sizes is None or len(img_sizes) == 0:
             raise ValueError("S2 needs at least one scale: pass non-empty scales or img_sizes")
@@ -125,6 +133,7 @@ class TilingPlan:
             scales=tuple(scales),
             resize_output_to_idx=resize_output_to_idx % n,
             groups=tuple((tile, tuple(idx)) for tile, idx in groups.items()),
+            antialias=bool(antialias),
         )
 
     @property
@@ -149,16 +158,24 @@ class TilingPlan:
             offset = 0
             for i in idx:
                 s = self.scales[i]
-                if s.size == (h, w):  # bicubic at scale 1 is the identity (weights 0, 1, 0, 0): skip it
-                    xs = x
-                else:
-                    xs = F.interpolate(x.to(torch.float32), size=s.size, mode="bicubic").to(x.dtype)
+                # bicubic at the input's own size is the identity (weights 0, 1, 0, 0): skip it
+                xs = x if s.size == (h, w) else self._resize(x, s.size)
                 nh, nw = s.splits
                 dst = out[offset : offset + s.n_tiles * b].view(nh, nw, b, c, th, tw)
                 dst.copy_(xs.view(b, c, nh, th, nw, tw).permute(2, 4, 0, 1, 3, 5))
                 offset += s.n_tiles * b
             batches.append(out)
         return batches
+
+    def _resize(self, x: torch.Tensor, size: HW) -> torch.Tensor:
+        """Bicubic resize in fp32 (s2wrapper's), or its antialiased form as two products with constant
+        matrices holding torch's weights: exported graphs then resize exactly as torch does (OpenVINO's
+        own antialiased ``Resize`` differs)."""
+        if not self.antialias:
+            return F.interpolate(x.to(torch.float32), size=size, mode="bicubic").to(x.dtype)
+        rows = antialias_matrix(x.shape[-2], size[0]).to(x.device)
+        cols = antialias_matrix(x.shape[-1], size[1]).to(x.device)
+        return (rows @ x.to(torch.float32) @ cols.T).to(x.dtype)
 
     def _per_scale(self, outs: Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
         """Split the group outputs back into one tensor per scale (in scale order)."""
@@ -247,6 +264,15 @@ def _check_tokens(out: torch.Tensor, num_prefix_token: int) -> None:
         raise ValueError(
             f"model returned {out.shape[1]} tokens, not more than num_prefix_token={num_prefix_token}"
         )
+
+
+@lru_cache(maxsize=64)
+def antialias_matrix(n_in: int, n_out: int, mode: str = "bicubic") -> torch.Tensor:
+    """``(n_out, n_in)`` weights of torch's antialiased ``mode`` resize along one axis (align_corners False),
+    read off by resizing the identity: ``R @ v`` resizes ``v`` as ``F.interpolate`` would. As constants of an
+    exported graph they make every runtime resize exactly as torch does."""
+    eye = torch.eye(n_in).view(1, 1, n_in, n_in)
+    return F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False, antialias=True)[0, 0]
 
 
 @lru_cache(maxsize=256)

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import zarr
 from tasks import load_task
 
 from envs.spec import TaskSpec, make_env, make_expert
@@ -80,6 +81,23 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ReplayStore.open(out, mode="a").update_attrs({"env_fingerprint": "old"})
     with pytest.raises(ValueError, match="env_fingerprint"):
         collect_demos(_cfg(), out, n_episodes=2, n_workers=0, progress=False)
+
+
+def test_store_with_another_state_is_refused(tmp_path):
+    """A store keeps the state it was collected with: changing env.state_keys must not reuse it (it used to
+    train on the old state silently and fail only at the rollouts)."""
+    out = tmp_path / "d.zarr"
+    collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
+    attrs = ReplayStore.open(out).attrs
+    assert attrs["state_dim"] == 4 and attrs["state_keys"] == ["state"]
+    store = ReplayStore.open(out, mode="a")
+    store.update_attrs({"state_dim": 7})  # as if collected with a wider state
+    with pytest.raises(ValueError, match=r"state_dim: store has 7, config gives 4.*its own store"):
+        collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)
+    # A store written before state_dim was recorded: its state array's width is checked instead.
+    del zarr.open_group(out, mode="a").attrs["state_dim"]
+    assert "state_dim" not in ReplayStore.open(out).attrs
+    collect_demos(_cfg(), out, n_episodes=1, n_workers=0, progress=False)  # width 4 == 4: accepted
 
 
 def test_noisy_execution_keeps_the_experts_clean_actions(tmp_path):

@@ -153,6 +153,22 @@ def test_tile_layout_and_plan_cache():
     torch.testing.assert_close(tiles[2 + (1 * 2 + 0) * 2 + 1], big[1, :, 4:8, 0:6])  # tile (1, 0), image 1
 
 
+def test_antialiased_scales_do_not_alias_fine_detail():
+    """scale_antialias: a smaller scale is a low-passed resize; s2wrapper's plain bicubic folds detail finer
+    than the smaller scale can hold (one-pixel lines every 3 px, like a 2-3 px part) into false structure."""
+    x = torch.zeros(1, 1, 24, 24)
+    x[..., ::3] = 1.0  # mean 1/3; period 3 px is above the 12 px scale's Nyquist limit (4 px)
+    plain = TilingPlan.build((24, 24), [12, 24], max_split_size=12)
+    smooth = TilingPlan.build((24, 24), [12, 24], max_split_size=12, antialias=True)
+    assert not plain.antialias and smooth.antialias
+    base_plain, base_smooth = plain.tile(x)[0][:1], smooth.tile(x)[0][:1]  # the 12 px scale's tile
+    torch.testing.assert_close(base_smooth, F.interpolate(x, size=(12, 12), mode="bicubic", antialias=True))
+    inner = (slice(None), slice(None), slice(None), slice(2, -2))  # away from the border's padding
+    assert (base_smooth[inner] - 1 / 3).abs().max() < 0.15     # close to the average grey
+    assert (base_plain[inner] - 1 / 3).abs().max() > 0.4       # plain bicubic: -0.19 .. 0.59, a false pattern
+    torch.testing.assert_close(plain.tile(x)[0][1:], smooth.tile(x)[0][1:])  # the largest scale: the input
+
+
 def test_non_square_token_grid():
     assert token_grid(64, (64, 64)) == (8, 8)
     assert token_grid(12, (48, 64)) == (3, 4)

@@ -40,6 +40,9 @@ class EncoderConfig:
     scales / img_sizes: S2 scales as multiples of the backbone's native size, or explicit sizes (ints or
         ``(h, w)`` pairs); ``None`` for both means a single scale at the native size.
     max_split_size: tile size (int or ``(h, w)``); default: the backbone's native size.
+    scale_antialias: make the scales smaller than the largest with an antialiased bicubic resize; ``False``
+        (the default) keeps s2wrapper's plain bicubic, which aliases parts a few pixels wide at the base scale
+        (docs/encoders.md, "S2 settings"). Enters the fingerprint only when true.
     pooling: ``cls`` (final-norm CLS averaged over tiles, concatenated over scales, like MVP), ``mean``
         (mean of patch tokens, like RPT), ``cls+mean``, or ``tokens`` (all tokens, for attending heads).
     normalize: ``imagenet`` mean/std or ``half`` (0.5, 0.5, 0.5).
@@ -72,6 +75,7 @@ class EncoderConfig:
     scales: list[float] | None = None
     img_sizes: list[int | list[int]] | None = None
     max_split_size: int | list[int] | None = None
+    scale_antialias: bool = False
     pooling: str = "cls"
     normalize: str = "imagenet"
     resize: str = "crop"

@@ -40,6 +40,8 @@ def fingerprint_payload(encoder: S2Encoder) -> dict[str, Any]:
             "img_sizes": [list(s) for s in encoder.img_sizes],
             "max_split_size": list(encoder.max_split_size),
             "num_prefix_tokens": encoder.num_prefix_tokens,
+            # only when on, so the fingerprints (and caches) of every earlier encoder stay valid
+            **({"scale_antialias": True} if encoder.plan.antialias else {}),
         },
         "preprocess": encoder.preprocess.settings(),
         "pooling": cfg.pooling,

@@ -49,7 +49,8 @@ class S2Encoder(nn.Module):
         self.max_split_size = self.native_size if split is None else _pair(split, "max_split_size")
         # Inputs are brought to the largest scale; smaller scales are bicubic downsamples of it.
         self.input_size = max(self.img_sizes, key=lambda s: s[0] * s[1])
-        self.plan = TilingPlan.build(self.input_size, self.img_sizes, self.max_split_size)
+        self.plan = TilingPlan.build(self.input_size, self.img_sizes, self.max_split_size,
+                                     antialias=config.scale_antialias)
         for tile, _ in self.plan.groups:
             if tile != self.native_size and not info.dynamic_img_size:
                 raise ValueError(

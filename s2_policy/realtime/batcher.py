@@ -122,7 +122,8 @@ def encode_naive(encoder: S2Encoder, images: Sequence[np.ndarray]) -> torch.Tens
             x = encoder.preprocess(torch.from_numpy(np.ascontiguousarray(img))[None].to(encoder.device))
             per_scale = []
             for s in plan.scales:
-                single = TilingPlan.build(plan.input_size, [s.size], encoder.max_split_size)
+                single = TilingPlan.build(plan.input_size, [s.size], encoder.max_split_size,
+                                         antialias=plan.antialias)
                 (tiles,) = single.tile(x)
                 per_scale.append(encoder.backbone.forward_features(tiles.to(encoder.compute_dtype)).float())
             # the full plan's groups hold their scales' tiles back to back, in scale order

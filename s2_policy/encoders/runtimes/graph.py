@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.store import ReplayStore
+from ...s2 import antialias_matrix
 from ..preprocess import to_float_chw
 from ..s2_encoder import S2Encoder
 
@@ -71,10 +72,9 @@ class EncoderGraph(nn.Module):
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """``(n_out, n_in)`` weights of torch's antialiased bilinear resize along one axis (align_corners
-    False), read off by resizing the identity: ``R @ v`` resizes ``v`` as ``F.interpolate`` would."""
-    eye = torch.eye(n_in).view(1, 1, n_in, n_in)
-    return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    """``(n_out, n_in)`` weights of torch's antialiased bilinear resize along one axis (the preprocessing's):
+    ``R @ v`` resizes ``v`` as ``F.interpolate`` would."""
+    return antialias_matrix(n_in, n_out, "bilinear")
 
 
 def export_onnx(encoder: S2Encoder, shapes: Shapes, path: Path) -> None:
