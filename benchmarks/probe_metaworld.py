@@ -114,13 +114,16 @@ def encode(encoder: str, scales: list[int], frames: np.ndarray, fine_grid: bool 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", nargs="+", default=TASKS)
-    ap.add_argument("--encoders", nargs="+", default=["s2p-tiny", "s2p-tiny-mw"])
+    ap.add_argument("--tasks", nargs="+", default=TASKS,
+                    help="configs/task/metaworld/<task>.yaml names (128 or 256 px cameras)")
+    ap.add_argument("--encoders", nargs="+", default=["s2p-tiny", "s2p-tiny-mw"],
+                    help="configs/encoder/<name>.yaml (64 px tiles)")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--steps", type=int, default=100, help="steps per episode (no early end on success)")
     ap.add_argument("--every", type=int, default=5, help="keep every k-th frame")
     ap.add_argument("--noise", type=float, default=0.3, help="execution noise SD on the expert's actions")
-    ap.add_argument("--cache", type=Path, default=REPO / "outputs" / "probe_metaworld")
+    ap.add_argument("--cache", type=Path, default=REPO / "outputs" / "probe_metaworld",
+                    help="where rendered frames are kept between runs")
     ap.add_argument("--fine-grid", action="store_true",
                     help="add an S2 row on the largest scale's token grid (diagnostic; see encode())")
     ap.add_argument("--threads", type=int, default=1)
