@@ -8,7 +8,8 @@ count: median latency of both, their ratio, the cosine similarity of the feature
     python benchmarks/bench_encoder.py --models s2p-tiny --repeats 20 --ref-repeats 5
     python benchmarks/bench_encoder.py --device cuda   # on a GPU: bf16/fp16, p50/p99
 
-Each ``--precisions`` entry is one S2Encoder row (``auto`` is the default encoder). ViT-B has random weights
+Each ``--precisions`` entry is one S2Encoder row (``auto`` is the default encoder); ``--scale-antialias``
+adds the same encoder with antialiased smaller scales. ViT-B has random weights
 (timm ``vit_base_patch16_224`` without download); s2p-tiny uses the shipped MAE weights, whose trained
 activation ranges are the honest test of int8 agreement.
 """
@@ -130,6 +131,9 @@ def bench_model(name: str, img_sizes: list[int], checkpoint: str | None, cameras
     ours = {}
     for precision in args.precisions:
         ours[precision] = build_encoder(EncoderConfig(**common, precision=precision, compile=args.compile))
+        if args.scale_antialias:  # the same encoder with antialiased smaller scales (its cosine is to plain)
+            ours[f"{precision}, antialiased scales"] = build_encoder(EncoderConfig(
+                **common, precision=precision, compile=args.compile, scale_antialias=True))
     ref = build_encoder(EncoderConfig(**common, precision="fp32"))
     tile = ref.native_size[0]
     rng = np.random.default_rng(0)
@@ -183,6 +187,8 @@ def main() -> None:
                         choices=["auto", "fp32", "bf16", "fp16", "int8"],
                         help="S2Encoder precisions to time against the reference (auto = the default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--scale-antialias", action="store_true",
+                        help="add a row per precision with s2.scale_antialias=true (the cost of the option)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     configure_cpu(args.threads)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_metaworld import load
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from probe_position import ridge_predict
 from tqdm import tqdm
@@ -39,19 +41,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from envs.spec import TaskSpec, make_env, make_expert  # noqa: E402  (after sys.path; no EGL context yet)
+import s2_policy.jobs.common  # noqa: E402, F401  (registers the hydra schemas the main config names)
+from envs.spec import make_env, make_expert  # noqa: E402  (after sys.path; no EGL context yet)
 from s2_policy.encoders import EncoderConfig, build_encoder  # noqa: E402
 from s2_policy.s2 import TilingPlan  # noqa: E402
 
 TASKS = ["push", "hand-insert", "pick-out-of-hole", "assembly"]  # 128 px; the 256 px settings work too
 SEED_BASE = 300_000  # MT1 pools 6000+: disjoint from demo (0), test (2000+) and selection (4000+) pools
+S2_CONFIGS = {1: "single", 2: "s2", 3: "s2x3"}  # configs/s2/<name>.yaml by number of scales
 TARGETS = {"object": slice(4, 7), "goal": slice(36, 39)}  # MetaWorld's 39-dim observation
-
-
-def load_task(task: str) -> TaskSpec:
-    cfg = OmegaConf.load(REPO / "configs" / "task" / "metaworld" / f"{task}.yaml")
-    cfg.pop("defaults", None)
-    return TaskSpec.from_config(cfg)
 
 
 def render_frames(task: str, episodes: int, steps: int, every: int, noise: float, cache: Path
@@ -61,7 +59,7 @@ def render_frames(task: str, episodes: int, steps: int, every: int, noise: float
     if path.exists():
         with np.load(path, allow_pickle=False) as f:
             return dict(f)
-    spec = load_task(task)
+    spec = load(task)
     (camera,) = spec.camera_names
     env = make_env(spec, terminate_on_success=False)
     expert = make_expert(spec, env)
@@ -92,22 +90,23 @@ def render_frames(task: str, episodes: int, steps: int, every: int, noise: float
 @torch.no_grad()
 def encode(encoder: str, scales: list[int], frames: np.ndarray, fine_grid: bool = False,
            antialias: bool = False, batch: int = 128) -> np.ndarray:
-    """The policy's token features ``(N, tokens, channels)``, with the encoder's own config and ``pooling:
-    tokens``.
+    """The policy's token features ``(N, tokens, channels)``: the encoder composed from ``configs/`` as the
+    main job composes it (``encoder=<name> s2=single|s2|s2x3``, ``pooling: tokens``).
 
     ``fine_grid``: keep the largest scale's token grid (16 x 16 at [64, 128]) instead of area-pooling every
     scale onto the base grid (8 x 8), i.e. ``resize_output_to_idx`` = the last scale in ``s2wrapper`` terms.
     A diagnostic only (no shipped config does this): it tells whether the pooling discards position."""
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "encoder" / f"{encoder}.yaml"))
-    if "defaults" in cfg:  # e.g. s2p-tiny-mw extends s2p-tiny
-        (parent,) = [d for d in cfg.pop("defaults") if d != "_self_"]
-        base = OmegaConf.load(REPO / "configs" / "encoder" / f"{parent}.yaml")
-        cfg = {**OmegaConf.to_container(base), **cfg}
-    enc = build_encoder(EncoderConfig.from_dict({**cfg, "pooling": "tokens", "scales": scales,
-                                                 "scale_antialias": antialias}))
+    s2 = S2_CONFIGS[len(scales)]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):  # as the main job does
+        cfg = compose(config_name="config", overrides=[f"encoder={encoder}", f"s2={s2}",
+                                                       f"s2.scale_antialias={str(antialias).lower()}"])
+    enc_cfg = EncoderConfig.from_dict({**OmegaConf.to_container(cfg.encoder, resolve=True),
+                                       **OmegaConf.to_container(cfg.s2, resolve=True)})
+    assert enc_cfg.pooling == "tokens" and enc_cfg.scales == scales, (enc_cfg.pooling, enc_cfg.scales)
+    enc = build_encoder(enc_cfg)
     if fine_grid:
         enc.plan = TilingPlan.build(enc.input_size, enc.img_sizes, enc.max_split_size,
-                                    resize_output_to_idx=len(enc.img_sizes) - 1)
+                                    resize_output_to_idx=len(enc.img_sizes) - 1, antialias=antialias)
     out = [enc(torch.from_numpy(frames[i:i + batch])).float().numpy() for i in range(0, len(frames), batch)]
     return np.concatenate(out)  # (N, tokens, channels): channels are [scale 1 | scale 2 ...]
 

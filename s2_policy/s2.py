@@ -173,8 +173,8 @@ class TilingPlan:
         own antialiased ``Resize`` differs)."""
         if not self.antialias:
             return F.interpolate(x.to(torch.float32), size=size, mode="bicubic").to(x.dtype)
-        rows = antialias_matrix(x.shape[-2], size[0]).to(x.device)
-        cols = antialias_matrix(x.shape[-1], size[1]).to(x.device)
+        rows = antialias_matrix(x.shape[-2], size[0], device=x.device)  # cached per device: no per-call copy
+        cols = antialias_matrix(x.shape[-1], size[1], device=x.device)
         return (rows @ x.to(torch.float32) @ cols.T).to(x.dtype)
 
     def _per_scale(self, outs: Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
@@ -267,12 +267,14 @@ def _check_tokens(out: torch.Tensor, num_prefix_token: int) -> None:
 
 
 @lru_cache(maxsize=64)
-def antialias_matrix(n_in: int, n_out: int, mode: str = "bicubic") -> torch.Tensor:
+def antialias_matrix(n_in: int, n_out: int, mode: str = "bicubic", device: torch.device | str = "cpu"
+                     ) -> torch.Tensor:
     """``(n_out, n_in)`` weights of torch's antialiased ``mode`` resize along one axis (align_corners False),
     read off by resizing the identity: ``R @ v`` resizes ``v`` as ``F.interpolate`` would. As constants of an
-    exported graph they make every runtime resize exactly as torch does."""
+    exported graph they make every runtime resize exactly as torch does. Cached: treat as read-only."""
     eye = torch.eye(n_in).view(1, 1, n_in, n_in)
-    return F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False, antialias=True)[0, 0]
+    out = F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False, antialias=True)[0, 0]
+    return out.to(device)
 
 
 @lru_cache(maxsize=256)
