@@ -24,6 +24,9 @@ time of the runs, the CPU and the load average, and each head's median validatio
 demonstration episodes. With ``-- eval.enabled=false`` the runs only train and the table shows their
 validation losses alone (round thirteen found that these do not tell in advance whether S2 gains in closed
 loop; docs/encoders.md).
+With ``--selection`` every checkpoint is also evaluated on the task's selection seeds (``selection.json``
+beside ``result.json``, resumable the same way) and a second table compares those: choose a setting or a
+default on that table, and let the test-seed table report it.
 MetaWorld tasks (``metaworld/<name>``) need the metaworld extra (README). Extra overrides apply to every run,
 e.g. ``-- s2=single`` for the MetaWorld grid's single-scale encoder.
 """
@@ -80,17 +83,40 @@ def parse_head(spec: str) -> tuple[str, list[str]]:
     return name, [*HEADS[head], *overrides, f"label={name}"]
 
 
+SELECTION = "selection.json"   # the checkpoint evaluated on the task's selection seeds (``--selection``)
+
+
 def run_dir(out: Path, task: str, head: str, seed: int) -> Path:
     """Where one run writes: ``<out>/<task>/<head>/seed<k>`` (``metaworld/x`` tasks nest one folder more)."""
     return out / task / head / f"seed{seed}"
 
 
-def run_one(out: Path, task: str, head: str, seed: int, extra: list[str]) -> float | str | None:
-    """One main-job run unless its result exists or another worker holds it; returns its wall time in seconds
-    (``None``: done earlier; ``"busy"``: another process is running it)."""
-    head, head_overrides = parse_head(head)
-    d = run_dir(out, task, head, seed)
-    if (d / "result.json").exists():
+def _run_logged(cmd: list[str], log_path: Path, what: str) -> None:
+    """Run ``cmd`` in the repository, output to ``log_path``; a failure stops the sweep with a hint."""
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {proc.returncode}); see {log_path}; fix it and re-run the "
+                         "same command: finished runs are kept")
+
+
+def _eval_overrides(extra: list[str]) -> list[str]:
+    """The extra overrides that ``jobs.evaluate`` shares with the main job (only the thread count)."""
+    return [o for o in extra if o.startswith("num_threads=")]
+
+
+def run_one(out: Path, task: str, head: str, seed: int, extra: list[str],
+            selection: bool = False) -> float | str | None:
+    """One main-job run unless its result exists or another worker holds it, then (with ``selection``) the
+    same checkpoint on the task's selection seeds; returns the wall time in seconds (``None``: done earlier;
+    ``"busy"``: another process is running it)."""
+    name, head_overrides = parse_head(head)
+    d = run_dir(out, task, name, seed)
+
+    def pending() -> bool:
+        return not (d / "result.json").exists() or (selection and not (d / SELECTION).exists())
+
+    if not pending():
         return None
     d.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -98,20 +124,21 @@ def run_one(out: Path, task: str, head: str, seed: int, extra: list[str]) -> flo
     except Timeout:
         return "busy"
     with lock:
-        if (d / "result.json").exists():  # finished by another worker between the check and the lock
+        if not pending():  # finished by another worker between the check and the lock
             return None
         d.mkdir(exist_ok=True)
-        cmd = [sys.executable, "train_policy.py", f"task={task}", *head_overrides, f"seed={seed}", *extra,
-               f"hydra.run.dir={d}", "train.progress=false", "eval.n_videos=0"]
         t0 = time.perf_counter()
-        with open(d / "run.log", "w") as log:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            raise SystemExit(f"{task} {head} seed={seed} failed (exit {proc.returncode}); see "
-                             f"{d / 'run.log'}; fix it and re-run the same command: finished runs are kept")
-        wall = time.perf_counter() - t0
-        (d / "wall_s.txt").write_text(f"{wall:.1f}\n")
-    return wall
+        if not (d / "result.json").exists():
+            cmd = [sys.executable, "train_policy.py", f"task={task}", *head_overrides, f"seed={seed}", *extra,
+                   f"hydra.run.dir={d}", "train.progress=false", "eval.n_videos=0"]
+            _run_logged(cmd, d / "run.log", f"{task} {name} seed={seed}")
+            (d / "wall_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+        if selection and not (d / SELECTION).exists():
+            cmd = [sys.executable, "-m", "s2_policy.jobs.evaluate", f"checkpoint={d / 'policy.pt'}",
+                   "seeds=selection", "n_videos=0", f"label={name}", f"out={d / SELECTION}",
+                   *_eval_overrides(extra)]
+            _run_logged(cmd, d / "selection.log", f"{task} {name} seed={seed} on the selection seeds")
+    return time.perf_counter() - t0
 
 
 def _wall(out: Path, task: str, head: str) -> str:
@@ -127,20 +154,23 @@ def _val_loss(results: list[dict]) -> str:
     return f"{statistics.median(losses):.4f}" if losses else "-"
 
 
-def task_table(out: Path, task: str, heads: list[str], baseline_head: str = "mlp") -> list[str]:
+def task_table(out: Path, task: str, heads: list[str], baseline_head: str = "mlp",
+               result: str = "result.json") -> list[str]:
     """``compare`` over ``heads`` (folder names) of the task under ``out``; markdown rows, baseline first.
 
+    ``result``: ``result.json`` (the main job's test-seed evaluation) or ``selection.json`` (``--selection``).
     Runs trained with evaluation off (``-- eval.enabled=false``) get a row with their validation loss and no
     successes; ``compare`` sees only the evaluated runs."""
     by_head = {h: [json.loads(p.read_text()) | {"_path": str(p)}
-                   for p in sorted((out / task / h).glob("seed*/result.json"))] for h in heads}
+                   for p in sorted((out / task / h).glob(f"seed*/{result}"))] for h in heads}
     evaluated = [(h, r) for h in heads for r in by_head[h] if r.get("rollout")]
     head_of = {r["label"]: h for h, r in evaluated}   # compare groups runs by label, one label per head
     cmp_rows = {}
     if evaluated:
         baseline = next((lab for lab, h in head_of.items() if h == baseline_head), None)
         paths = [r["_path"] for _, r in evaluated]
-        cmp = compare(paths, out / task / "compare", baseline=baseline, title=task)
+        folder = "compare" if result == "result.json" else "compare_selection"
+        cmp = compare(paths, out / task / folder, baseline=baseline, title=task)
         cmp_rows = {head_of[r["label"]]: r for r in cmp["rows"] if r["label"] in head_of}
     base = cmp_rows.get(baseline_head)
     rows = []
@@ -175,6 +205,10 @@ def main() -> None:
                     help="the head or variant NAME the others are compared with (default: mlp)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                     help="training seeds, the unit of the comparison (default: %(default)s)")
+    ap.add_argument("--selection", action="store_true",
+                    help="also evaluate every checkpoint on the task's selection seeds (jobs.evaluate "
+                         "seeds=selection -> selection.json beside result.json) and print their table: the "
+                         "seeds to choose a setting or default on; the test seeds then only report it")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "head_comparison",
                     help="sweep folder: <out>/<task>/<head>/seed<k> (default: outputs/head_comparison)")
     argv = sys.argv[1:]
@@ -187,18 +221,23 @@ def main() -> None:
     for task in args.tasks:
         for seed in args.seeds:
             for head in args.heads:
-                wall = run_one(args.out, task, head, seed, extra)
+                wall = run_one(args.out, task, head, seed, extra, selection=args.selection)
                 state = ("done earlier" if wall is None else "running in another process" if wall == "busy"
                          else f"{wall:.0f} s")
                 print(f"{task} {head} seed={seed}: {state}", flush=True)
     print(f"\nmachine: {cpu_model()}, load average {os.getloadavg()[0]:.2f} at the end; "
           f"extra overrides: {' '.join(extra) or 'none'}\n")
-    print(f"| task | head | successes per training seed (of 50 test episodes) | mean | vs {args.baseline} "
-          "(points) | Welch p (seed level) | validation loss (median) | wall time per run |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
-    for task in args.tasks:
-        for row in task_table(args.out, task, names, args.baseline):
-            print(row)
+    tables = [("result.json", "test")] + ([(SELECTION, "selection")] if args.selection else [])
+    for result, seeds in tables:
+        print(f"{seeds} seeds:\n")
+        print(f"| task | head | successes per training seed (of 50 {seeds} episodes) | mean | "
+              f"vs {args.baseline} (points) | Welch p (seed level) | validation loss (median) | "
+              "wall time per run |")
+        print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
+        for task in args.tasks:
+            for row in task_table(args.out, task, names, args.baseline, result=result):
+                print(row)
+        print()
 
 
 if __name__ == "__main__":
