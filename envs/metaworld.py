@@ -14,7 +14,9 @@ that demonstration, selection and test seeds never share a block (``envs.spec.Se
 Observation: ``hand_pos`` (3, m), ``gripper`` (1, finger opening as MetaWorld measures it) and the full
 39-dim MetaWorld vector ``metaworld_obs`` (object poses and goal: privileged, for the scripted experts, not
 for the policy's state). Images come from ``render()``: MetaWorld's corner cameras are rolled 180 degrees, so
-the task's camera spec turns them upright (``flip: both``).
+the task's camera spec turns them upright (``flip: both``). More cameras (``extra_cameras``, e.g. the
+gripper view ``gripperPOV``) are rendered into the observation under their own names, as a robot with several
+cameras delivers them.
 ``info["success"]`` is MetaWorld's success flag; episodes end on success with ``terminate_on_success``.
 Requires the ``metaworld`` extra (``pip install -e ".[dev,robomimic,metaworld]"``, mujoco 3.3.0).
 """
@@ -22,11 +24,13 @@ Requires the ``metaworld`` extra (``pip install -e ".[dev,robomimic,metaworld]"`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib.metadata import version
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from gymnasium import spaces
 
@@ -66,16 +70,24 @@ class MetaWorldEnv(gym.Env):
         width, height: rendered image size in pixels.
         render_mode: ``rgb_array`` (the default) or ``None`` (no images).
         terminate_on_success: end the episode on the first successful step.
+        extra_cameras: more cameras (from :data:`CAMERAS`) rendered into every observation as uint8
+            ``(height, width, 3)`` images under their own names, whatever ``render_mode`` is.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # frame_skip 5 x 2.5 ms
 
     def __init__(self, env_name: str, camera_name: str = "corner", width: int = 128, height: int = 128,
-                 render_mode: str | None = "rgb_array", terminate_on_success: bool = True) -> None:
+                 render_mode: str | None = "rgb_array", terminate_on_success: bool = True,
+                 extra_cameras: Sequence[str] = ()) -> None:
         if env_name not in ALL_V3_ENVIRONMENTS:
             raise ValueError(f"{env_name!r} is not a MetaWorld v3 task; known: {sorted(ALL_V3_ENVIRONMENTS)}")
         if camera_name not in CAMERAS:
             raise ValueError(f"camera_name={camera_name!r} is not a MetaWorld camera; use one of {CAMERAS}")
+        extra_cameras = tuple(extra_cameras)
+        for cam in extra_cameras:
+            if cam not in CAMERAS or cam == camera_name or extra_cameras.count(cam) > 1:
+                raise ValueError(f"extra_cameras has {cam!r}: each must be a MetaWorld camera ({CAMERAS}), "
+                                 f"named once and not the render camera {camera_name!r}")
         self.env_name = env_name
         self.render_mode = render_mode
         self.terminate_on_success = terminate_on_success
@@ -92,13 +104,24 @@ class MetaWorldEnv(gym.Env):
             "hand_pos": spaces.Box(-np.inf, np.inf, (3,), np.float64),
             "gripper": spaces.Box(-np.inf, np.inf, (1,), np.float64),
             "metaworld_obs": spaces.Box(-np.inf, np.inf, self._env.observation_space.shape, np.float64),
+            **{cam: spaces.Box(0, 255, (height, width, 3), np.uint8) for cam in extra_cameras},
         })
+        self.extra_cameras = extra_cameras
+        self._size = (height, width)
+        self._renderer: mujoco.Renderer | None = None  # made on first use: it opens a GL context
         self.last_obs: np.ndarray | None = None
         self.scene: tuple[int, int] | None = None
 
     def _obs(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         self.last_obs = raw
-        return {"hand_pos": raw[:3].copy(), "gripper": raw[3:4].copy(), "metaworld_obs": raw}
+        obs = {"hand_pos": raw[:3].copy(), "gripper": raw[3:4].copy(), "metaworld_obs": raw}
+        if self.extra_cameras:
+            if self._renderer is None:
+                self._renderer = mujoco.Renderer(self._env.model, *self._size)
+            for cam in self.extra_cameras:
+                self._renderer.update_scene(self._env.data, camera=cam)
+                obs[cam] = self._renderer.render().copy()
+        return obs
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -131,6 +154,9 @@ class MetaWorldEnv(gym.Env):
                 f"-scene_pool{SCENE_POOL}")
 
     def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
         self._env.close()  # frees the EGL renderer (left open it logs EGLError tracebacks at exit)
 
 

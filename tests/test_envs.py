@@ -245,6 +245,9 @@ def test_every_shipped_task_config_is_a_valid_spec(name):
     assert spec.cameras and spec.demos.n_episodes > 0
     kwargs = spec.env.kwargs
     if name.startswith("metaworld/"):
-        (cam,) = spec.cameras.values()
-        assert list(cam.size) == [kwargs["height"], kwargs["width"]]
-        assert name.removesuffix("-256").split("/")[1] + "-v3" == kwargs["env_name"]
+        for cam in spec.cameras.values():
+            assert list(cam.size) == [kwargs["height"], kwargs["width"]]
+        # the render camera plus each extra camera, read from the observation key the env writes
+        extra = kwargs.get("extra_cameras", [])
+        assert [c.obs_key for c in spec.cameras.values()] == ["render", *extra]
+        assert name.removesuffix("-256").removesuffix("-wrist").split("/")[1] + "-v3" == kwargs["env_name"]

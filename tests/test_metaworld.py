@@ -125,3 +125,38 @@ def test_collect_two_demos_through_the_task_layer(tmp_path: Path):
     first = store.get_episode(0)
     assert first["corner4"].shape[1:] == (128, 128, 3) and first["state"].shape[1] == 4
     assert first["action"].shape[1] == 4 and 20 < len(first["action"]) < spec.env.max_episode_steps
+
+
+def test_gripper_camera_is_a_second_upright_view_in_the_observation(tmp_path: Path):
+    spec = load_task("metaworld/hand-insert-wrist", **{"demos.n_episodes": 1})
+    assert spec.camera_names == ["corner4", "gripperPOV"]
+    env = make_env(spec)
+    alone = mw.MetaWorldEnv("hand-insert-v3", camera_name="gripperPOV")  # MetaWorld's own render of that view
+    try:
+        obs, _ = env.reset(seed=100_000)
+        alone.reset(seed=100_000)
+        assert obs["gripperPOV"].shape == (128, 128, 3) and obs["gripperPOV"].dtype == np.uint8
+        np.testing.assert_array_equal(obs["gripperPOV"], alone.render())  # not flipped: see below
+        assert not np.array_equal(obs["gripperPOV"], obs["corner4"])
+        # why no flip: this camera's image-up axis points forward, level (the corner views' points down)
+        sim = env.unwrapped._env
+        cam_id = mujoco.mj_name2id(sim.model, mujoco.mjtObj.mjOBJ_CAMERA, "gripperPOV")
+        up = sim.data.cam_xmat[cam_id].reshape(3, 3)[:, 1]
+        assert up[1] > 0.9
+        before = obs["gripperPOV"]
+        for _ in range(5):
+            obs, *_ = env.step(np.array([0.0, 0.0, 1.0, -1.0], np.float32))
+        assert np.abs(obs["gripperPOV"].astype(int) - before).mean() > 1.0  # it moves with the hand
+    finally:
+        env.close()
+        alone.close()
+    path = collect_demos(spec, tmp_path / "wrist.zarr", n_episodes=1, n_workers=0, progress=False)
+    episode = ReplayStore.open(path, mode="r").get_episode(0)
+    assert episode["gripperPOV"].shape == episode["corner4"].shape
+    assert episode["gripperPOV"].shape[1:] == (128, 128, 3)
+
+
+@pytest.mark.parametrize("extra", [["nowhere"], ["corner4"], ["gripperPOV", "gripperPOV"]])
+def test_extra_cameras_refuse_unknown_repeated_or_render_camera(extra):
+    with pytest.raises(ValueError, match="extra_cameras"):
+        mw.MetaWorldEnv("hand-insert-v3", camera_name="corner4", extra_cameras=extra, render_mode=None)

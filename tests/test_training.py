@@ -96,6 +96,7 @@ def test_trainer_learns_and_writes_outputs(tmp_path, head):
     first = tr.validation_loss()
     res = tr.fit()
     assert res["steps"] == steps and res["steps_run"] == steps
+    assert res["passes"] == pytest.approx(steps * 32 / len(data["action"]))  # how often each window was seen
     assert res["final_val_loss"] < first
     assert calls == list(range(20, steps + 1, 20))
     assert res["best_success"] == 0.5

@@ -286,6 +286,12 @@ class Trainer:
 
             writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step)
         self.core.train()
+        # passes over the training windows: the default 1,500 steps of 128 see 25 hand-insert demonstrations
+        # ~140 times but 100 of them ~36 (29 % success; 83 % at ~140 passes: BENCHMARKS.md, round sixteen)
+        passes = cfg.steps * self.batch_size / self.n_train
+        if self.is_main:
+            log.info("training %d steps of batch %d over %d windows: %.1f passes over the data",
+                     cfg.steps, self.batch_size, self.n_train, passes)
         t0, start = time.perf_counter(), self.step
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train",
                    disable=not (cfg.progress and self.is_main))
@@ -336,7 +342,7 @@ class Trainer:
                 pol.save(self.out_dir / "policy.pt")
         if self.distributed:
             dist.barrier()
-        return {"steps": self.step, "steps_run": self.step - start, "seconds": elapsed,
+        return {"steps": self.step, "steps_run": self.step - start, "passes": passes, "seconds": elapsed,
                 "steps_per_s": (self.step - start) / elapsed if elapsed > 0 else None,
                 "final_loss": next((h["loss"] for h in reversed(self.history) if "loss" in h), None),
                 "final_val_loss": next((h["val_loss"] for h in reversed(self.history)
