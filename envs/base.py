@@ -37,7 +37,7 @@ DEFAULT_IMAGE_SIZE = 128
 ImageSize = int | tuple[int, int] | Sequence[int]
 
 
-def _load_triton_before_gl() -> None:
+def load_triton_before_gl() -> None:
     """Import triton (if installed) before the first GL context.
 
     Mesa's llvmpipe (the CPU renderer behind EGL here) loads LLVM; triton ships its own LLVM, and loading it
@@ -47,6 +47,20 @@ def _load_triton_before_gl() -> None:
     gl = os.environ.get("MUJOCO_GL", "egl")
     if gl in ("egl", "osmesa") and "triton" not in sys.modules and importlib.util.find_spec("triton"):
         importlib.import_module("triton")
+
+
+def offscreen_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
+    """A ``mujoco.Renderer`` for ``model``; a failed GL context raises an error that says how to fix it."""
+    load_triton_before_gl()
+    try:
+        return mujoco.Renderer(model, height=height, width=width)
+    except Exception as e:  # mujoco raises FatalError / GLFW errors without a hint
+        backend = getattr(getattr(mujoco, "GLContext", None), "__module__", "none")
+        raise RuntimeError(
+            f"could not create an offscreen OpenGL context with backend {backend!r} (chosen from "
+            "MUJOCO_GL when mujoco was first imported): set MUJOCO_GL=egl in the environment or "
+            "import envs before mujoco, and check that libEGL (Mesa) is installed"
+        ) from e
 
 
 def resolve_image_sizes(
@@ -198,17 +212,7 @@ class ManipulationEnv(gym.Env):
         hw = size if size is not None else self.image_sizes[camera]
         renderer = self._renderers.get(hw)
         if renderer is None:
-            _load_triton_before_gl()
-            try:
-                renderer = mujoco.Renderer(self.model, height=hw[0], width=hw[1])
-            except Exception as e:  # mujoco raises FatalError / GLFW errors without a hint
-                backend = getattr(getattr(mujoco, "GLContext", None), "__module__", "none")
-                raise RuntimeError(
-                    f"could not create an offscreen OpenGL context with backend {backend!r} (chosen from "
-                    "MUJOCO_GL when mujoco was first imported): set MUJOCO_GL=egl in the environment or "
-                    "import envs before mujoco, and check that libEGL (Mesa) is installed"
-                ) from e
-            self._renderers[hw] = renderer
+            renderer = self._renderers[hw] = offscreen_renderer(self.model, *hw)
         renderer.update_scene(self.data, camera=camera)
         return renderer.render()
 

@@ -34,6 +34,8 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from envs.base import load_triton_before_gl, offscreen_renderer
+
 try:
     import metaworld
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -91,6 +93,8 @@ class MetaWorldEnv(gym.Env):
         self.env_name = env_name
         self.render_mode = render_mode
         self.terminate_on_success = terminate_on_success
+        if render_mode is not None or extra_cameras:
+            load_triton_before_gl()  # MetaWorld's renderer opens a GL context too (envs.base: why)
         self._env = ALL_V3_ENVIRONMENTS[env_name](render_mode=render_mode, camera_name=camera_name,
                                                   width=width, height=height)
         # Shadows, multisampling and reflections off before the renderer's context exists: each frame renders
@@ -117,7 +121,7 @@ class MetaWorldEnv(gym.Env):
         obs = {"hand_pos": raw[:3].copy(), "gripper": raw[3:4].copy(), "metaworld_obs": raw}
         if self.extra_cameras:
             if self._renderer is None:
-                self._renderer = mujoco.Renderer(self._env.model, *self._size)
+                self._renderer = offscreen_renderer(self._env.model, *self._size)
             for cam in self.extra_cameras:
                 self._renderer.update_scene(self._env.data, camera=cam)
                 obs[cam] = self._renderer.render().copy()
