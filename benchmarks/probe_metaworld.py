@@ -97,9 +97,12 @@ def encode(encoder: str, scales: list[int], frames: np.ndarray, fine_grid: bool 
     scale onto the base grid (8 x 8), i.e. ``resize_output_to_idx`` = the last scale in ``s2wrapper`` terms.
     A diagnostic only (no shipped config does this): it tells whether the pooling discards position."""
     s2 = S2_CONFIGS[len(scales)]
+    name, _, checkpoint = encoder.partition("=")  # NAME=CHECKPOINT: that config with other weights
+    overrides = [f"encoder={name}", f"s2={s2}", f"s2.scale_antialias={str(antialias).lower()}"]
+    if checkpoint:
+        overrides.append(f"encoder.checkpoint={checkpoint}")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):  # as the main job does
-        cfg = compose(config_name="config", overrides=[f"encoder={encoder}", f"s2={s2}",
-                                                       f"s2.scale_antialias={str(antialias).lower()}"])
+        cfg = compose(config_name="config", overrides=overrides)
     enc_cfg = EncoderConfig.from_dict({**OmegaConf.to_container(cfg.encoder, resolve=True),
                                        **OmegaConf.to_container(cfg.s2, resolve=True)})
     assert enc_cfg.pooling == "tokens" and enc_cfg.scales == scales, (enc_cfg.pooling, enc_cfg.scales)
@@ -116,7 +119,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=TASKS,
                     help="configs/task/metaworld/<task>.yaml names (128 or 256 px cameras)")
     ap.add_argument("--encoders", nargs="+", default=["s2p-tiny", "s2p-tiny-mw"],
-                    help="configs/encoder/<name>.yaml (64 px tiles)")
+                    help="configs/encoder/<name>.yaml (64 px tiles); NAME=CHECKPOINT probes that config with "
+                         "other weights (e.g. s2p-tiny=outputs/pretrain/x/s2p-tiny-mae.pth)")
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--steps", type=int, default=100, help="steps per episode (no early end on success)")
     ap.add_argument("--every", type=int, default=5, help="keep every k-th frame")

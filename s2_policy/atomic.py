@@ -18,13 +18,31 @@ from typing import Any
 import torch
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: setting the umask to read it is process-wide, and a writer thread could race with it.
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` with the same suffix (so writers that pick a format by extension
-    work); on normal exit it is fsynced and renamed over ``path``, on an exception it is deleted."""
+    work); on normal exit it is fsynced and renamed over ``path``, on an exception it is deleted.
+
+    The file gets the permissions a plain ``open`` would give it (``0o666`` less the umask), or those of the
+    file it replaces: ``mkstemp``'s private ``0o600`` would hide results from the rest of a lab's group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.fchmod(fd, mode)
     os.close(fd)
     tmp = Path(name)
     try:

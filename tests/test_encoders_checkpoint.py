@@ -163,3 +163,8 @@ def test_metaworld_encoder_is_its_own_training_run():
     mw = torch.load(ckpt_mod.resolve_checkpoint("builtin:s2p-tiny-mw-mae.pth"), weights_only=True)
     assert mw["meta"]["frame_sources"] and all("metaworld" in s for s in mw["meta"]["frame_sources"])
     assert not torch.equal(mw["model"]["blocks.0.attn.qkv.weight"], tiny["model"]["blocks.0.attn.qkv.weight"])
+    mwv = torch.load(ckpt_mod.resolve_checkpoint("builtin:s2p-tiny-mwv-mae.pth"), weights_only=True)
+    assert len(mwv["meta"]["frame_sources"]) == 24 and mwv["meta"]["scales"] == [1, 2]  # 24 tasks, S2-aware
+    qkv = "blocks.0.attn.qkv.weight"
+    assert not torch.equal(mwv["model"][qkv], tiny["model"][qkv])
+    assert not torch.equal(mwv["model"][qkv], mw["model"][qkv])

@@ -415,6 +415,20 @@ def test_store_frames_cache_key_follows_stores_content_and_settings(tmp_path: Pa
     assert len(load_or_render_frames(cfg, cache, progress=False)) == (2 + 1 + 2) * 3  # rebuilt
 
 
+def test_store_patterns_expand_to_the_sorted_matching_stores(tmp_path: Path) -> None:
+    for name, seed in (("b.zarr", 1), ("a.zarr", 0), ("c.other", 2)):
+        _write_frame_store(tmp_path / name, [2], cameras=("front",), seed=seed)
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    pattern = FrameConfig(stores=[b, str(tmp_path / "*.zarr")], cameras=["front"], stride=1)
+    assert pattern.store_paths() == [b, a]  # listed order, then sorted matches; each store once
+    explicit = replace(pattern, stores=[b, a])
+    assert pattern.key() == explicit.key()
+    np.testing.assert_array_equal(read_store_frames(pattern, progress=False),
+                                  read_store_frames(explicit, progress=False))
+    with pytest.raises(FileNotFoundError, match=r"pattern '.*\*\.hdf5' matches nothing"):
+        replace(pattern, stores=[str(tmp_path / "*.hdf5")]).key()
+
+
 def test_rendered_frames_keep_their_cache_key() -> None:
     """The new ``stores`` field, left empty, does not change the key of rendered frames: caches made before
     it existed stay valid (the key of the shipped s2p-tiny frames, docs/pretrain.md)."""

@@ -15,6 +15,7 @@ settings that made it, written atomically so an interrupted run never leaves a b
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -44,9 +45,10 @@ STORE_READ_BLOCK = 256  # kept frames of one camera decoded at a time: bounds me
 class FrameConfig:
     """Where frames come from (rendered tasks or demonstration stores), cameras, sizes and sampling.
 
-    ``stores``: paths of demonstration stores (diffusion_policy layout). When non-empty, frames are read from
-    them instead of rendering ``tasks``, and ``tasks``, ``env_kwargs``, the episode counts, ``max_steps``,
-    ``expert_noise`` and ``random_action_prob`` are unused. ``cameras`` then names the image arrays
+    ``stores``: paths of demonstration stores (diffusion_policy layout), or glob patterns
+    (``datasets/mw/*.zarr``: every match, sorted). When non-empty, frames are read from them instead of
+    rendering ``tasks``, and ``tasks``, ``env_kwargs``, the episode counts, ``max_steps``, ``expert_noise``
+    and ``random_action_prob`` are unused. ``cameras`` then names the image arrays
     (``data/<camera>``) read from every store; their images must be ``render_size`` square RGB.
 
     ``tile_scales``: the S2 scales (multiples of ``out_size``) whose tiles are kept, ``tiles_per_frame`` per
@@ -101,6 +103,22 @@ class FrameConfig:
             raise ValueError("cameras must be a non-empty list")
         if not self.stores and not self.tasks:
             raise ValueError("tasks must be a non-empty list (or set stores to read frames from stores)")
+
+    def store_paths(self) -> list[str]:
+        """``stores`` with glob patterns expanded (sorted matches, each path once, in the order listed)."""
+        paths: list[str] = []
+        for entry in self.stores:
+            if not any(c in entry for c in "*?["):
+                paths.append(entry)
+                continue
+            matches = sorted(glob.glob(entry))
+            if not matches:
+                raise FileNotFoundError(
+                    f"data.stores pattern {entry!r} matches nothing (relative patterns start from the "
+                    f"working directory {os.getcwd()}); fix the pattern or collect the stores first"
+                )
+            paths.extend(matches)
+        return list(dict.fromkeys(paths))
 
     def scales(self) -> list[int]:
         """The tiled scales: ``tile_scales``, or the render's own scale when it is empty."""
@@ -209,10 +227,10 @@ def _camera_names(store: ReplayStore) -> list[str]:
 
 
 def open_frame_stores(cfg: FrameConfig) -> list[ReplayStore]:
-    """Open ``cfg.stores`` read-only and check that each holds every camera as ``render_size`` RGB images."""
+    """Open ``cfg.stores`` (patterns expanded) read-only; check each has every camera as render_size RGB."""
     size, out = cfg.render_size, cfg.out_size
     stores = []
-    for path in cfg.stores:
+    for path in cfg.store_paths():
         try:
             store = ReplayStore.open(path, mode="r")
         except FileNotFoundError as e:

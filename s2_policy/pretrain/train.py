@@ -260,7 +260,7 @@ def run_pretraining(cfg: DictConfig) -> Path:
         "final_loss": float(rows[-1]["loss"]) if rows else None,
         "train_time_s": float(rows[-1]["elapsed_s"]) if rows else None,
         "frames": frame_cfg.key(),
-        "frame_sources": list(frame_cfg.stores or frame_cfg.tasks),  # stores, else the rendered tasks
+        "frame_sources": frame_cfg.store_paths() or list(frame_cfg.tasks),  # stores, else the rendered tasks
         # the S2 scales whose views it was trained on (1: whole frames); others are unseen zooms for it
         "scales": sorted({1, *frame_cfg.scales()}) if frame_cfg.tiles_per_frame else [1],
     }
