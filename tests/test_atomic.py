@@ -1,6 +1,5 @@
 """Atomic writes: a failed write leaves the previous file intact and no temp files behind."""
 
-import importlib
 import json
 import os
 import stat
@@ -32,17 +31,17 @@ def test_writers_keep_the_suffix_and_replace_in_place(tmp_path):
     assert torch.load(tmp_path / "c.pt")["w"].tolist() == [0, 1, 2]
 
 
-def test_written_files_get_open_permissions_or_keep_the_replaced_files(tmp_path):
+def test_written_files_get_open_permissions_or_keep_the_replaced_files(tmp_path, monkeypatch):
     old = os.umask(0o022)
     try:
-        importlib.reload(atomic)  # the module reads the umask once, at import
-        fresh = atomic.atomic_write_text(tmp_path / "fresh.json", "{}")
-        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # as open() gives, not mkstemp's 0o600
-        atomic.atomic_torch_save({"w": 1}, tmp_path / "c.pt")
-        assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o644
-        os.chmod(fresh, 0o640)
-        atomic.atomic_write_text(fresh, "{}")
-        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # a rewrite keeps the file's own mode
+        assert atomic._read_umask() == 0o022 and os.umask(0o022) == 0o022  # read without changing it
     finally:
         os.umask(old)
-        importlib.reload(atomic)
+    monkeypatch.setattr(atomic, "_UMASK", 0o022)  # the module reads the umask once, at import
+    fresh = atomic.atomic_write_text(tmp_path / "fresh.json", "{}")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # as open() gives, not mkstemp's 0o600
+    atomic.atomic_torch_save({"w": 1}, tmp_path / "c.pt")
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o644
+    os.chmod(fresh, 0o640)
+    atomic.atomic_write_text(fresh, "{}")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # a rewrite keeps the file's own mode
